@@ -1,0 +1,234 @@
+"""The typed config model: frozen values, validated once by `config_loader`.
+
+Durations are seconds, sizes bytes, globs compiled, `${VAR}` substituted, so
+the data path never looks at raw config.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import grpc
+
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes, the last one a NUL
+LOG_LEVELS = ("debug", "info", "warning", "error")
+GRPC_CODES = frozenset(code.name for code in grpc.StatusCode)
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user_id: str | None = None
+    trust_caller: bool = True
+    require_user: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    service: str
+    target: str
+    pattern: re.Pattern[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str
+    socket: str
+    mode: int = 0o660
+    identity: Identity = field(default_factory=Identity)
+    default_target: str | None = None
+    routes: tuple[Route, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    """Admin HTTP endpoint: `host:port`, or `unix_path`; both None means off."""
+
+    host: str | None = "127.0.0.1"
+    port: int | None = 9901
+    unix_path: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.unix_path is not None or self.host is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: str = "info"
+    access: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    otlp_endpoint: str | None = None
+    sample_ratio: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    tracing: Tracing = field(default_factory=Tracing)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    base: float = 0.025
+    max: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    ratio: float = 0.2
+    min_per_second: float = 10.0
+    window: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    attempts: int = 3
+    backoff: Backoff = field(default_factory=Backoff)
+    budget: Budget = field(default_factory=Budget)
+    on: tuple[str | int, ...] = ()  # extra gRPC code names / HTTP statuses to retry
+    per_try_timeout: float | None = None
+    non_idempotent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Breaker:
+    failures: int = 5
+    reset: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_in_flight: int = 1000
+    max_message: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    timeout: float = 5.0
+    retry: Retry = field(default_factory=Retry)
+    breaker: Breaker = field(default_factory=Breaker)
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+    insecure_skip_verify: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataNames:
+    """Names the identity metadata carries upstream (per target, per kind)."""
+
+    user_id: str
+    correlation_id: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """What every target kind has: a name and its resilience policy."""
+
+    name: str
+    timeout: float
+    retry: Retry
+    breaker: Breaker
+    limits: Limits
+    required: bool = False
+    metadata: MetadataNames
+
+    kind = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcPool:
+    connections: int = 1
+    keepalive: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GrpcTarget(Target):
+    address: str
+    tls: Tls | None = None
+    forward_authorization: bool = False
+    pool: GrpcPool = field(default_factory=GrpcPool)
+
+    kind = "grpc"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpPool:
+    max_connections: int = 100
+    max_per_host: int = 100
+    keepalive: float = 30.0
+    dns_ttl: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpHealth:
+    path: str = "/health"
+    interval: float = 10.0
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpTarget(Target):
+    base_url: str
+    unix_socket: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    pool: HttpPool = field(default_factory=HttpPool)
+    tls: Tls | None = None
+    forward_authorization: bool = False
+    health: HttpHealth | None = None
+
+    kind = "http"
+
+
+@dataclass(frozen=True, slots=True)
+class Producer:
+    acks: str = "all"
+    idempotence: bool = True
+    linger: float = 0.005
+    compression: str = "none"
+    delivery_timeout: float = 30.0
+    config: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KafkaTarget(Target):
+    bootstrap_servers: tuple[str, ...]
+    topics: tuple[str, ...] = ("*",)
+    topic_patterns: tuple[re.Pattern[str], ...] = ()
+    producer: Producer = field(default_factory=Producer)
+    max_message_bytes: int = 1024 * 1024
+
+    kind = "kafka"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listeners: tuple[Listener, ...]
+    targets: Mapping[str, Target]
+    admin: Admin = field(default_factory=Admin)
+    drain_timeout: float = 10.0
+    log: Log = field(default_factory=Log)
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    defaults: Defaults = field(default_factory=Defaults)
+    source: str | None = None
+
+    def grpc_targets(self) -> dict[str, GrpcTarget]:
+        return {n: t for n, t in self.targets.items() if isinstance(t, GrpcTarget)}
+
+    @property
+    def max_message(self) -> int:
+        """A listener takes the largest `max_message` of the targets it can reach."""
+        sizes = [t.limits.max_message for t in self.targets.values()]
+        return max([self.defaults.limits.max_message, *sizes])

@@ -1,0 +1,387 @@
+"""Loads YAML into the typed model of `config.py`, reporting every problem by key path."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from sidecar.config import (
+    GRPC_CODES,
+    LOG_LEVELS,
+    MAX_SOCKET_PATH,
+    Admin,
+    Backoff,
+    Breaker,
+    Budget,
+    Config,
+    Defaults,
+    GrpcPool,
+    GrpcTarget,
+    HttpHealth,
+    HttpPool,
+    HttpTarget,
+    Identity,
+    KafkaTarget,
+    Limits,
+    Listener,
+    Log,
+    MetadataNames,
+    Producer,
+    Retry,
+    Route,
+    Target,
+    Telemetry,
+    Tls,
+    Tracing,
+)
+from sidecar.config_values import Problems, Section, glob_pattern, substitute_env
+from sidecar.errors import ConfigError
+
+TOP_KEYS = ("listeners", "admin", "drain_timeout", "log", "telemetry", "defaults", "targets")
+POLICY_KEYS = ("timeout", "retry", "breaker", "limits")
+COMMON_TARGET_KEYS = ("kind", "required", "metadata", *POLICY_KEYS)
+KIND_KEYS = {
+    "grpc": ("address", "tls", "forward_authorization", "pool"),
+    "http": ("base_url", "unix_socket", "headers", "pool", "tls", "forward_authorization", "health"),
+    "kafka": ("bootstrap_servers", "topics", "producer", "max_message_bytes"),
+}
+METADATA_DEFAULTS = {
+    "grpc": MetadataNames("user-id", "correlation-id", "request-id"),
+    "http": MetadataNames("X-User-Id", "X-Correlation-Id", "X-Request-Id"),
+    "kafka": MetadataNames("user-id", "correlation-id", "request-id"),
+}
+_GRPC_ADDRESS = re.compile(r"^(unix:///?.+|unix-abstract:.+|dns:///.+|ipv4:.+|ipv6:.+|[^/\s]+:\d+)$")
+_KAFKA_ACKS = ("all", "-1", "0", "1")
+_COMPRESSION = ("none", "gzip", "snappy", "lz4", "zstd")
+
+
+def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
+    """Read, substitute, validate; raise ConfigError listing every problem."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from e
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML: {e}"]) from e
+    return parse_config(raw, source=os.path.abspath(path), env=env)
+
+
+def parse_config(
+    raw: Any, *, source: str | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate an already-parsed YAML document into a Config."""
+    problems = Problems()
+    raw = substitute_env(raw, "", problems, os.environ if env is None else env)
+    top = Section(problems, {} if raw is None else raw, "", TOP_KEYS)
+    defaults = _defaults(top.section("defaults", POLICY_KEYS))
+    targets = _targets(top, defaults)
+    config = Config(
+        listeners=_listeners(top, targets),
+        targets=targets,
+        admin=_admin(top),
+        drain_timeout=top.duration("drain_timeout", 10.0, allow_zero=True),
+        log=_log(top.section("log", ("level", "access"))),
+        telemetry=_telemetry(top.section("telemetry", ("tracing",))),
+        defaults=defaults,
+        source=source,
+    )
+    if problems.lines:
+        raise ConfigError(problems.lines)
+    return config
+
+
+def _defaults(s: Section) -> Defaults:
+    base = Defaults()
+    return Defaults(
+        timeout=s.duration("timeout", base.timeout),
+        retry=_retry(s.section("retry", RETRY_KEYS), base.retry),
+        breaker=_breaker(s.section("breaker", ("failures", "reset")), base.breaker),
+        limits=_limits(s.section("limits", ("max_in_flight", "max_message")), base.limits),
+    )
+
+
+RETRY_KEYS = ("attempts", "backoff", "budget", "on", "per_try_timeout", "non_idempotent")
+
+
+def _retry(s: Section, base: Retry) -> Retry:
+    b = s.section("backoff", ("base", "max"))
+    backoff = Backoff(b.duration("base", base.backoff.base), b.duration("max", base.backoff.max))
+    if backoff.max < backoff.base:
+        b.fail("max", "must be >= backoff.base")
+    g = s.section("budget", ("ratio", "min_per_second", "window"))
+    budget = Budget(
+        ratio=g.number("ratio", base.budget.ratio),
+        min_per_second=g.number("min_per_second", base.budget.min_per_second),
+        window=g.duration("window", base.budget.window),
+    )
+    on = base.on if not s.has("on") else tuple(_retry_on(s))
+    return Retry(
+        attempts=s.integer("attempts", base.attempts, minimum=1),
+        backoff=backoff,
+        budget=budget,
+        on=on,
+        per_try_timeout=s.optional_duration("per_try_timeout") or base.per_try_timeout,
+        non_idempotent=s.boolean("non_idempotent", base.non_idempotent),
+    )
+
+
+def _retry_on(s: Section) -> list[str | int]:
+    out: list[str | int] = []
+    for path, item in s.items("on"):
+        if isinstance(item, str) and item.upper() in GRPC_CODES:
+            out.append(item.upper())
+        elif isinstance(item, int) and not isinstance(item, bool) and 500 <= item <= 599:
+            out.append(item)
+        else:
+            s.problems.add(path, "must be a gRPC status code name or an HTTP 5xx status")
+    return out
+
+
+def _breaker(s: Section, base: Breaker) -> Breaker:
+    return Breaker(
+        failures=s.integer("failures", base.failures, minimum=1),
+        reset=s.duration("reset", base.reset),
+    )
+
+
+def _limits(s: Section, base: Limits) -> Limits:
+    return Limits(
+        max_in_flight=s.integer("max_in_flight", base.max_in_flight, minimum=1),
+        max_message=s.size("max_message", base.max_message),
+    )
+
+
+def _targets(top: Section, defaults: Defaults) -> dict[str, Target]:
+    raw = top.raw.get("targets")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        top.fail("targets", "must be a mapping of target names to targets")
+        return {}
+    targets: dict[str, Target] = {}
+    for name, body in raw.items():
+        path = top.key_path(f"targets.{name}")
+        kind = body.get("kind") if isinstance(body, dict) else None
+        if kind not in KIND_KEYS:
+            shown = top.problems.show(f"{path}.kind", kind)
+            reason = "is required" if kind is None else f"must be grpc, http or kafka, got {shown}"
+            top.problems.add(f"{path}.kind", reason)
+            continue
+        s = Section(top.problems, body, path, COMMON_TARGET_KEYS + KIND_KEYS[kind])
+        targets[str(name)] = _READERS[kind](s, str(name), _policy(s, kind, defaults))
+    return targets
+
+
+def _policy(s: Section, kind: str, d: Defaults) -> dict[str, Any]:
+    names = METADATA_DEFAULTS[kind]
+    m = s.section("metadata", ("user_id", "correlation_id", "request_id"))
+    return {
+        "timeout": s.duration("timeout", d.timeout),
+        "retry": _retry(s.section("retry", RETRY_KEYS), d.retry),
+        "breaker": _breaker(s.section("breaker", ("failures", "reset")), d.breaker),
+        "limits": _limits(s.section("limits", ("max_in_flight", "max_message")), d.limits),
+        "required": s.boolean("required", False),
+        "metadata": MetadataNames(
+            m.string("user_id", names.user_id),
+            m.string("correlation_id", names.correlation_id),
+            m.string("request_id", names.request_id),
+        ),
+    }
+
+
+def _grpc_target(s: Section, name: str, policy: dict[str, Any]) -> GrpcTarget:
+    address = s.required_string("address")
+    if address and not _GRPC_ADDRESS.match(address):
+        s.fail("address", "must be unix:///path, dns:///host:port or host:port")
+    tls = _tls(s)
+    if tls is not None and tls.insecure_skip_verify:
+        s.problems.add(
+            f"{s.key_path('tls')}.insecure_skip_verify",
+            "not supported for grpc targets (grpcio always verifies); set tls.ca_file",
+        )
+    p = s.section("pool", ("connections", "keepalive"))
+    pool = GrpcPool(p.integer("connections", 1, minimum=1), p.duration("keepalive", 30.0))
+    return GrpcTarget(
+        name=name, address=address, tls=tls, pool=pool,
+        forward_authorization=s.boolean("forward_authorization", False), **policy,
+    )
+
+
+def _http_target(s: Section, name: str, policy: dict[str, Any]) -> HttpTarget:
+    base_url = s.required_string("base_url")
+    if base_url and not base_url.startswith(("http://", "https://")):
+        s.fail("base_url", "must start with http:// or https://")
+    p = s.section("pool", ("max_connections", "max_per_host", "keepalive", "dns_ttl"))
+    base = HttpPool()
+    pool = HttpPool(
+        max_connections=p.integer("max_connections", base.max_connections, minimum=1),
+        max_per_host=p.integer("max_per_host", base.max_per_host, minimum=1),
+        keepalive=p.duration("keepalive", base.keepalive),
+        dns_ttl=p.duration("dns_ttl", base.dns_ttl),
+    )
+    health = None
+    if s.has("health"):
+        h = s.section("health", ("path", "interval", "timeout"))
+        health = HttpHealth(
+            h.string("path", "/health"), h.duration("interval", 10.0), h.duration("timeout", 2.0)
+        )
+    return HttpTarget(
+        name=name, base_url=base_url, unix_socket=s.optional_string("unix_socket"),
+        headers=tuple(s.string_map("headers").items()), pool=pool, tls=_tls(s),
+        forward_authorization=s.boolean("forward_authorization", False), health=health, **policy,
+    )
+
+
+def _kafka_target(s: Section, name: str, policy: dict[str, Any]) -> KafkaTarget:
+    servers = s.string_list("bootstrap_servers")
+    if not servers and not s.has("bootstrap_servers"):
+        s.fail("bootstrap_servers", "is required")
+    topics = s.string_list("topics") if s.has("topics") else ("*",)
+    p = s.section(
+        "producer", ("acks", "idempotence", "linger", "compression", "delivery_timeout", "config")
+    )
+    base = Producer()
+    producer = Producer(
+        acks=p.string("acks", base.acks, choices=_KAFKA_ACKS),
+        idempotence=p.boolean("idempotence", base.idempotence),
+        linger=p.duration("linger", base.linger, allow_zero=True),
+        compression=p.string("compression", base.compression, choices=_COMPRESSION),
+        delivery_timeout=p.duration("delivery_timeout", base.delivery_timeout),
+        config=tuple(p.string_map("config").items()),
+    )
+    return KafkaTarget(
+        name=name, bootstrap_servers=servers, topics=topics,
+        topic_patterns=tuple(glob_pattern(t) for t in topics), producer=producer,
+        max_message_bytes=s.size("max_message_bytes", 1024 * 1024), **policy,
+    )
+
+
+_READERS = {"grpc": _grpc_target, "http": _http_target, "kafka": _kafka_target}
+
+
+def _tls(target: Section) -> Tls | None:
+    if not target.has("tls"):
+        return None
+    s = target.section(
+        "tls", ("ca_file", "cert_file", "key_file", "server_name", "insecure_skip_verify")
+    )
+    tls = Tls(
+        ca_file=s.existing_file("ca_file"),
+        cert_file=s.existing_file("cert_file"),
+        key_file=s.existing_file("key_file"),
+        server_name=s.optional_string("server_name"),
+        insecure_skip_verify=s.boolean("insecure_skip_verify", False),
+    )
+    if (tls.cert_file is None) != (tls.key_file is None):
+        s.fail("key_file" if tls.key_file is None else "cert_file", "cert_file and key_file go together")
+    return tls
+
+
+def _listeners(top: Section, targets: Mapping[str, Target]) -> tuple[Listener, ...]:
+    entries = top.items("listeners")
+    if not entries and not top.problems.lines:
+        top.fail("listeners", "at least one listener is required")
+    listeners: list[Listener] = []
+    names: set[str] = set()
+    sockets: set[str] = set()
+    for path, raw in entries:
+        s = Section(
+            top.problems, raw, path,
+            ("name", "socket", "mode", "identity", "default_target", "routes"),
+        )
+        listener = _listener(s, targets)
+        if listener.name in names:
+            s.fail("name", f"duplicate listener name {listener.name!r}")
+        if listener.socket in sockets:
+            s.fail("socket", f"socket {listener.socket} is used by another listener")
+        names.add(listener.name)
+        sockets.add(listener.socket)
+        listeners.append(listener)
+    return tuple(listeners)
+
+
+def _listener(s: Section, targets: Mapping[str, Target]) -> Listener:
+    name = s.required_string("name")
+    socket = s.required_string("socket")
+    if socket and not os.path.isabs(socket):
+        s.fail("socket", "must be an absolute path")
+    elif len(os.fsencode(socket)) > MAX_SOCKET_PATH:
+        s.fail("socket", f"path is {len(os.fsencode(socket))} bytes, over the {MAX_SOCKET_PATH}-byte limit of Unix sockets")
+    i = s.section("identity", ("user_id", "trust_caller", "require_user"))
+    identity = Identity(
+        user_id=i.optional_string("user_id"),
+        trust_caller=i.boolean("trust_caller", True),
+        require_user=i.boolean("require_user", False),
+    )
+    default_target = s.optional_string("default_target")
+    if default_target is not None:
+        _check_grpc_target(s, "default_target", default_target, targets)
+    routes = []
+    for path, raw in s.items("routes"):
+        r = Section(s.problems, raw, path, ("service", "target"))
+        service, target = r.required_string("service"), r.required_string("target")
+        if target:
+            _check_grpc_target(r, "target", target, targets)
+        routes.append(Route(service, target, glob_pattern(service)))
+    return Listener(
+        name=name, socket=socket, mode=_mode(s), identity=identity,
+        default_target=default_target, routes=tuple(routes),
+    )
+
+
+def _check_grpc_target(s: Section, key: str, name: str, targets: Mapping[str, Target]) -> None:
+    target = targets.get(name)
+    if target is None:
+        s.fail(key, f"no target named {name!r}")
+    elif not isinstance(target, GrpcTarget):
+        s.fail(key, f"target {name!r} is {target.kind}, routes need a grpc target")
+
+
+def _mode(s: Section) -> int:
+    value = s.raw.get("mode")
+    if value is None:
+        return 0o660
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777:
+        return value  # YAML read an unquoted 0660 as octal already
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
+        return int(value, 8)
+    s.fail("mode", f"must be octal permissions like \"0660\", got {value!r}")
+    return 0o660
+
+
+def _admin(top: Section) -> Admin:
+    if "admin" in top.raw and top.raw["admin"] is None:
+        return Admin(host=None, port=None)
+    s = top.section("admin", ("address",))
+    if "address" in s.raw and s.raw["address"] is None:
+        return Admin(host=None, port=None)
+    address = s.string("address", "127.0.0.1:9901")
+    if address.startswith("unix:"):
+        path = address.removeprefix("unix:")
+        if not os.path.isabs(path):
+            s.fail("address", "unix: address must hold an absolute path")
+        return Admin(host=None, port=None, unix_path=path)
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        s.fail("address", f"must be host:port or unix:/path, got {address!r}")
+        return Admin()
+    return Admin(host=host.strip("[]"), port=int(port))
+
+
+def _log(s: Section) -> Log:
+    return Log(level=s.string("level", "info", choices=LOG_LEVELS), access=s.boolean("access", True))
+
+
+def _telemetry(s: Section) -> Telemetry:
+    t = s.section("tracing", ("otlp_endpoint", "sample_ratio"))
+    return Telemetry(
+        Tracing(
+            otlp_endpoint=t.optional_string("otlp_endpoint"),
+            sample_ratio=t.number("sample_ratio", 1.0, maximum=1.0),
+        )
+    )

@@ -1,0 +1,114 @@
+"""Per-call context: who is calling, the ids that follow the call, its trace.
+
+Built once per incoming call from the caller's metadata and the listener's
+identity policy; protocol-free (metadata is a sequence of name/value pairs),
+so every engine and upstream kind shares it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sidecar.config import Identity
+from sidecar.errors import UnauthenticatedError
+
+TARGET_KEY = "sidecar-target"
+_USER_KEYS = ("x-user-id", "user-id")
+_CORRELATION_KEYS = ("x-correlation-id", "correlation-id")
+# Metadata the daemon reads or replaces itself, and transport headers grpc sets.
+_NOT_FORWARDED = frozenset({
+    *_USER_KEYS, *_CORRELATION_KEYS, "request-id", "x-request-id",
+    "traceparent", "tracestate", "authorization",
+    ":authority", "user-agent", "content-type", "te", "grpc-timeout",
+    "grpc-encoding", "grpc-accept-encoding",
+})
+_CORRELATION = re.compile(r"[\x20-\x7e]{1,128}")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+@dataclass(slots=True)
+class CallContext:
+    """What the daemon knows of one call, and what it forwards."""
+
+    user_id: str | None
+    correlation_id: str
+    request_id: str
+    trace_id: str
+    span_id: str  # the daemon's span: the upstream's parent
+    trace_flags: str
+    tracestate: str | None
+    authorization: str | None
+    target_hint: str | None  # caller's `sidecar-target`
+    passthrough: list[tuple[str, str | bytes]]  # caller metadata forwarded as is
+
+    @property
+    def traceparent(self) -> str:
+        return f"00-{self.trace_id}-{self.span_id}-{self.trace_flags}"
+
+
+def build_context(metadata: Iterable[tuple[str, str | bytes]], identity: Identity) -> CallContext:
+    """Read the caller's metadata under a listener's identity policy."""
+    caller_user = correlation = traceparent = tracestate = authorization = hint = None
+    passthrough: list[tuple[str, str | bytes]] = []
+    for key, value in metadata:
+        if key not in _NOT_FORWARDED and not key.startswith(("sidecar-", "grpc-")):
+            passthrough.append((key, value))
+        elif isinstance(value, bytes):
+            continue
+        elif key in _USER_KEYS:
+            caller_user = caller_user or value
+        elif key in _CORRELATION_KEYS:
+            correlation = correlation or value
+        elif key == "traceparent":
+            traceparent = value
+        elif key == "tracestate":
+            tracestate = value
+        elif key == "authorization":
+            authorization = value
+        elif key == TARGET_KEY:
+            hint = value
+    user = caller_user if identity.trust_caller and caller_user else identity.user_id
+    if correlation is None or not _CORRELATION.fullmatch(correlation):
+        correlation = str(uuid.uuid4())
+    trace_id, flags, continued = _continue_trace(traceparent)
+    return CallContext(
+        user_id=user,
+        correlation_id=correlation,
+        request_id=str(uuid.uuid4()),
+        trace_id=trace_id,
+        span_id=new_span_id(),
+        trace_flags=flags,
+        tracestate=tracestate if continued else None,
+        authorization=authorization,
+        target_hint=hint,
+        passthrough=passthrough,
+    )
+
+
+def require_identity(ctx: CallContext, identity: Identity, listener: str) -> None:
+    """Refuse a call without a user id on a listener that requires one."""
+    if identity.require_user and not ctx.user_id:
+        raise UnauthenticatedError(
+            f"listener {listener!r} requires a user id (send x-user-id metadata)"
+        )
+
+
+def new_span_id() -> str:
+    return os.urandom(8).hex()
+
+
+def _continue_trace(traceparent: str | None) -> tuple[str, str, bool]:
+    """Trace id, flags, and whether the caller's valid traceparent was continued."""
+    if traceparent is not None:
+        m = _TRACEPARENT.fullmatch(traceparent.strip())
+        if m and m[1] != "ff" and m[2] != _ZERO_TRACE and m[3] != _ZERO_SPAN:
+            return m[2], m[4], True
+    return os.urandom(16).hex(), "01", False

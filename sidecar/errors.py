@@ -1,0 +1,71 @@
+"""The daemon's errors, one tree, each with the gRPC status a caller sees.
+
+SidecarError                      any failure the daemon reports to a caller
+├── ConfigError                   a config that cannot be used (carries every problem)
+├── NoRouteError                  UNIMPLEMENTED: no target for a method
+├── UnknownTargetError            NOT_FOUND: a target name that is not configured
+├── InvalidRequestError           INVALID_ARGUMENT: a request the daemon cannot act on
+├── UnauthenticatedError          UNAUTHENTICATED: a listener requires a user id
+├── ListenerError                 a socket that cannot be served (in use, not a socket)
+├── LimitExceededError            RESOURCE_EXHAUSTED: over a concurrency or size limit
+└── UpstreamError                 the daemon could not get an answer from a target
+    ├── UpstreamUnavailableError  UNAVAILABLE: unreachable, circuit open
+    └── UpstreamTimeoutError      DEADLINE_EXCEEDED
+
+Messages name the target and the reason and never carry a secret: they are
+shown to callers as they are.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class SidecarError(Exception):
+    """Root of the daemon's errors; `grpc_status` is what the caller gets."""
+
+    grpc_status: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class ConfigError(SidecarError):
+    """A config with problems; `problems` holds one `key.path: reason` line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class NoRouteError(SidecarError):
+    grpc_status = grpc.StatusCode.UNIMPLEMENTED
+
+
+class UnknownTargetError(SidecarError):
+    grpc_status = grpc.StatusCode.NOT_FOUND
+
+
+class InvalidRequestError(SidecarError):
+    grpc_status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class UnauthenticatedError(SidecarError):
+    grpc_status = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ListenerError(SidecarError):
+    grpc_status = grpc.StatusCode.UNAVAILABLE
+
+
+class LimitExceededError(SidecarError):
+    grpc_status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class UpstreamError(SidecarError):
+    grpc_status = grpc.StatusCode.UNAVAILABLE
+
+
+class UpstreamUnavailableError(UpstreamError):
+    grpc_status = grpc.StatusCode.UNAVAILABLE
+
+
+class UpstreamTimeoutError(UpstreamError):
+    grpc_status = grpc.StatusCode.DEADLINE_EXCEEDED

@@ -1,0 +1,99 @@
+"""Unix-socket gRPC listeners: socket files, modes, and what each serves."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sidecar._generated import sidecar_pb2, sidecar_pb2_grpc
+from sidecar.config import Listener
+from sidecar.errors import ListenerError
+from sidecar.runtime import Runtime
+from sidecar.services.api import HttpProxyService, PublisherService
+from sidecar.services.health import HealthReporter
+from sidecar.services.proxy import TransparentProxy
+from sidecar.telemetry.logging import AccessLog
+
+_SERVICE_NAMES = (
+    sidecar_pb2.DESCRIPTOR.services_by_name["HttpProxy"].full_name,
+    sidecar_pb2.DESCRIPTOR.services_by_name["Publisher"].full_name,
+    "grpc.health.v1.Health",
+    reflection.SERVICE_NAME,
+)
+
+
+def prepare_socket_path(path: str) -> None:
+    """Create the parent folder; replace a stale socket file; refuse a live one."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ListenerError(f"{path} exists and is not a socket; not replacing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # stale: nobody is listening
+        return
+    finally:
+        probe.close()
+    raise ListenerError(f"{path} is in use by a running process (another sidecar?)")
+
+
+class ListenerServer:
+    """One grpc.aio server on one Unix socket."""
+
+    def __init__(
+        self,
+        listener: Listener,
+        max_message: int,
+        runtime: Callable[[], Runtime],
+        health: HealthReporter,
+        access_log: AccessLog,
+    ) -> None:
+        self.listener = listener
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", max_message),
+                ("grpc.max_receive_message_length", max_message),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        sidecar_pb2_grpc.add_HttpProxyServicer_to_server(HttpProxyService(), self.server)
+        sidecar_pb2_grpc.add_PublisherServicer_to_server(PublisherService(), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(health.servicer, self.server)
+        reflection.enable_server_reflection(_SERVICE_NAMES, self.server)
+        self.proxy = TransparentProxy(listener.name, runtime, access_log)
+        self.server.add_generic_rpc_handlers((self.proxy,))
+
+    async def start(self) -> None:
+        path = self.listener.socket
+        prepare_socket_path(path)
+        try:
+            self.server.add_insecure_port(f"unix:{path}")
+        except RuntimeError as e:
+            raise ListenerError(f"cannot listen on {path}: {e}") from e
+        await self.server.start()
+        os.chmod(path, self.listener.mode)
+
+    def update(self, listener: Listener) -> None:
+        """Take a reloaded listener on the same socket: new name or mode apply at once."""
+        if listener.mode != self.listener.mode:
+            os.chmod(listener.socket, listener.mode)
+        self.listener = listener
+        self.proxy.listener = listener.name
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop accepting, let calls finish for `grace` seconds, remove the socket file."""
+        await self.server.stop(grace)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.listener.socket)

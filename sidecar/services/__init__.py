@@ -1,0 +1,1 @@
+"""What each listener serves: the transparent proxy, health, the sidecar.v1 API."""

@@ -1,0 +1,1 @@
+"""Logs, health reporting and the admin endpoint: what operators see."""

@@ -1,0 +1,81 @@
+"""JSON-lines logging to stderr (orjson), and the per-call access line.
+
+Log records carry structured fields in `extra={"fields": {...}}`; nothing in
+the daemon puts a header value or a `${VAR}` value into one.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+LOGGER = "sidecar"
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, and the record's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update(fields)
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["error"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def configure_logging(level: str) -> logging.Logger:
+    """Send the daemon's and grpc's log records to stderr as JSON lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logger = logging.getLogger(LOGGER)
+    logger.setLevel(_LEVELS[level])
+    return logger
+
+
+def set_level(level: str) -> None:
+    logging.getLogger(LOGGER).setLevel(_LEVELS[level])
+
+
+class AccessLog:
+    """Writes one line per call; a disabled log costs one branch."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._logger = logging.getLogger(f"{LOGGER}.access")
+        self.enabled = enabled and self._logger.isEnabledFor(logging.INFO)
+
+    def call(
+        self,
+        *,
+        listener: str,
+        method: str,
+        target: str | None,
+        status: str,
+        started: float,
+        correlation_id: str | None,
+        request_id: str | None,
+    ) -> None:
+        duration_ms = round((time.monotonic() - started) * 1000, 3)
+        self._logger.info(
+            "call",
+            extra={"fields": {
+                "listener": listener, "method": method, "target": target, "status": status,
+                "duration_ms": duration_ms, "correlation_id": correlation_id,
+                "request_id": request_id,
+            }},
+        )

@@ -1,0 +1,47 @@
+"""`sidecar status`: read /status from the admin endpoint and show it as a table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+
+async def fetch_status(address: str) -> dict[str, Any]:
+    """GET /status from `host:port` or `unix:/path`."""
+    if address.startswith("unix:"):
+        connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=address[5:])
+        url = "http://localhost/status"
+    else:
+        connector = aiohttp.TCPConnector()
+        url = f"http://{address}/status"
+    timeout = aiohttp.ClientTimeout(total=5)
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session, \
+                session.get(url) as response:
+            response.raise_for_status()
+            data: dict[str, Any] = orjson.loads(await response.read())
+            return data
+    except aiohttp.ClientError as e:
+        raise OSError(str(e)) from e
+
+
+def render(data: dict[str, Any], as_json: bool) -> str:
+    if as_json:
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
+    lines = [f"sidecar {data['version']}  up {data['uptime_s']:.0f}s  "
+             f"in flight {data['in_flight']}  config {data['config']}", "", "LISTENERS"]
+    lines += _table(["name", "socket", "mode"],
+                    [[ls["name"], ls["socket"], ls["mode"]] for ls in data["listeners"]])
+    lines += ["", "TARGETS"]
+    rows = [[name, t["kind"], t.get("address", "-"), "yes" if t["healthy"] else "NO"]
+            for name, t in data["targets"].items()]
+    lines += _table(["name", "kind", "address", "healthy"], rows)
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    return ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in [header, *rows]]

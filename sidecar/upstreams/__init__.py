@@ -1,0 +1,1 @@
+"""One module per upstream kind, each with the same small shape: start, close, health, stats."""

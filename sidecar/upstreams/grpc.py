@@ -1,0 +1,177 @@
+"""Upstream gRPC targets: a small pool of grpc.aio channels per target.
+
+Calls are opened raw (bytes in, bytes out) so the proxy never parses a
+message. A failed call is translated here: a transport failure becomes our
+`UpstreamUnavailableError` naming the target; an upstream's own status is
+passed back untouched.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import grpc
+
+from sidecar.config import GrpcTarget
+from sidecar.context import CallContext
+from sidecar.errors import (
+    LimitExceededError,
+    SidecarError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+
+_CACHE_LIMIT = 4096  # methods whose callables are kept per channel
+# How grpc-core words failures that never reached the upstream application.
+_TRANSPORT_FAILURE = re.compile(
+    r"failed to connect|connections to all backends failing|DNS resolution failed"
+    r"|Connection refused|No such file or directory|Connection reset|Socket closed"
+    r"|Broken pipe|GOAWAY|keepalive watchdog timeout|Endpoint read failed",
+    re.IGNORECASE,
+)
+_REASONS = (
+    ("refused", "connection refused"),
+    ("no such file", "socket not found"),
+    ("dns resolution", "name not resolved"),
+    ("reset", "connection reset"),
+    ("socket closed", "connection closed"),
+    ("broken pipe", "connection closed"),
+    ("goaway", "connection closed by upstream"),
+    ("keepalive", "keepalive timed out"),
+)
+_TOO_LARGE = re.compile(r"(Sent|Received) message larger than max \((\d+) vs\. (\d+)\)")
+
+
+class GrpcUpstream:
+    """Pooled channels to one gRPC target."""
+
+    kind = "grpc"
+
+    def __init__(self, target: GrpcTarget) -> None:
+        self.target = target
+        self._channels: list[grpc.aio.Channel] = []
+        self._callables: list[dict[str, Any]] = []
+        self._next = 0
+
+    async def start(self) -> None:
+        """Create the channels (connections open lazily, on first call)."""
+        options = _channel_options(self.target)
+        credentials = _credentials(self.target)
+        for _ in range(self.target.pool.connections):
+            if credentials is None:
+                channel = grpc.aio.insecure_channel(self.target.address, options=options)
+            else:
+                channel = grpc.aio.secure_channel(self.target.address, credentials, options)
+            self._channels.append(channel)
+            self._callables.append({})
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close(grace=None)
+        self._channels.clear()
+        self._callables.clear()
+
+    def open(
+        self, method: str, metadata: list[tuple[str, str | bytes]], timeout: float
+    ) -> grpc.aio.StreamStreamCall:
+        """Start a raw call on the next channel of the pool."""
+        i = self._next = (self._next + 1) % len(self._channels)
+        callables = self._callables[i]
+        callable_ = callables.get(method)
+        if callable_ is None:
+            callable_ = self._channels[i].stream_stream(method)
+            if len(callables) < _CACHE_LIMIT:
+                callables[method] = callable_
+        return callable_(metadata=metadata, timeout=timeout)  # type: ignore[no-any-return]
+
+    def health(self) -> bool:
+        """False while every channel is failing to connect."""
+        failing = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        return any(c.get_state(try_to_connect=False) != failing for c in self._channels)
+
+    def stats(self) -> dict[str, Any]:
+        states = [c.get_state(try_to_connect=False).name.lower() for c in self._channels]
+        return {"kind": self.kind, "address": self.target.address, "connections": states}
+
+    def translate(
+        self, code: grpc.StatusCode, details: str | None, got_headers: bool
+    ) -> SidecarError | None:
+        """Our error for a failure of the daemon's own making, None for the upstream's status."""
+        name = self.target.name
+        text = details or ""
+        if code is grpc.StatusCode.UNAVAILABLE and not got_headers:
+            if _TRANSPORT_FAILURE.search(text):
+                return UpstreamUnavailableError(
+                    f"target {name!r} unreachable: {_reason(text)}"
+                )
+        elif code is grpc.StatusCode.DEADLINE_EXCEEDED and text == "Deadline Exceeded":
+            return UpstreamTimeoutError(f"target {name!r}: deadline exceeded")
+        elif code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            m = _TOO_LARGE.search(text)
+            if m:
+                way = "request" if m[1] == "Sent" else "response"
+                return LimitExceededError(
+                    f"target {name!r}: {way} message of {m[2]} bytes is over the "
+                    f"{m[3]}-byte limit (limits.max_message)"
+                )
+        return None
+
+
+def upstream_metadata(ctx: CallContext, target: GrpcTarget) -> list[tuple[str, str | bytes]]:
+    """The caller's metadata plus the identity, ids and trace the contract injects."""
+    names = target.metadata
+    metadata = list(ctx.passthrough)
+    if ctx.user_id:
+        metadata.append((names.user_id, ctx.user_id))
+    metadata.append((names.correlation_id, ctx.correlation_id))
+    metadata.append((names.request_id, ctx.request_id))
+    metadata.append(("traceparent", ctx.traceparent))
+    if ctx.tracestate:
+        metadata.append(("tracestate", ctx.tracestate))
+    if target.forward_authorization and ctx.authorization:
+        metadata.append(("authorization", ctx.authorization))
+    return metadata
+
+
+def _reason(details: str) -> str:
+    lowered = details.lower()
+    for needle, reason in _REASONS:
+        if needle in lowered:
+            return reason
+    return "connection failed"
+
+
+def _channel_options(target: GrpcTarget) -> list[tuple[str, Any]]:
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_send_message_length", target.limits.max_message),
+        ("grpc.max_receive_message_length", target.limits.max_message),
+        ("grpc.keepalive_time_ms", int(target.pool.keepalive * 1000)),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.enable_retries", 0),  # the daemon retries, with budgets
+        ("grpc.use_local_subchannel_pool", 1),  # each pooled channel its own connection
+        ("grpc.primary_user_agent", "sidecar"),
+    ]
+    if target.tls is not None and target.tls.server_name:
+        options.append(("grpc.ssl_target_name_override", target.tls.server_name))
+        options.append(("grpc.default_authority", target.tls.server_name))
+    return options
+
+
+def _credentials(target: GrpcTarget) -> grpc.ChannelCredentials | None:
+    tls = target.tls
+    if tls is None:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(tls.ca_file),
+        private_key=_read(tls.key_file),
+        certificate_chain=_read(tls.cert_file),
+    )
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
