@@ -94,6 +94,7 @@ async def _relay(
     correlation: tuple[str, str],
 ) -> grpc.StatusCode:
     """Run one upstream call, relaying messages both ways; return its final status."""
+    deadline = time.monotonic() + timeout
     call = upstream.open(method, metadata, timeout)
     pump = asyncio.ensure_future(_pump(requests, call))
     got_headers = False
@@ -110,7 +111,7 @@ async def _relay(
             pass  # the call's status, read below, says what happened
         code = await call.code()
         details = await call.details()
-        error = upstream.translate(code, details, got_headers)
+        error = upstream.translate(code, details, got_headers, time.monotonic() >= deadline)
         if error is not None:
             raise error
         context.set_code(code)
@@ -128,10 +129,21 @@ async def _relay(
 
 
 async def _pump(requests: AsyncIterator[bytes], call: grpc.aio.StreamStreamCall) -> None:
-    """Copy the caller's messages upstream; a failed write is left for the call's status."""
-    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+    """Copy the caller's messages upstream; a failed write is left for the call's status.
+
+    grpc.aio's `write` marks the call INTERNAL when a write fails because the
+    upstream already ended the call (UNIMPLEMENTED at header time, an early
+    error), and the upstream's real status can be lost. Sending through the
+    call's core object leaves the status to the upstream.
+    """
+    try:
+        await call.wait_for_connection()
+    except grpc.aio.AioRpcError:
+        return  # ended before the request went out; its status says why
+    send = call._cython_call.send_serialized_message  # type: ignore[attr-defined]
+    with contextlib.suppress(Exception):  # the call ended early: its status says why
         async for message in requests:
-            await call.write(message)
+            await send(message)
         await call.done_writing()
 
 

@@ -95,7 +95,7 @@ class GrpcUpstream:
         return {"kind": self.kind, "address": self.target.address, "connections": states}
 
     def translate(
-        self, code: grpc.StatusCode, details: str | None, got_headers: bool
+        self, code: grpc.StatusCode, details: str | None, got_headers: bool, deadline_passed: bool
     ) -> SidecarError | None:
         """Our error for a failure of the daemon's own making, None for the upstream's status."""
         name = self.target.name
@@ -105,7 +105,7 @@ class GrpcUpstream:
                 return UpstreamUnavailableError(
                     f"target {name!r} unreachable: {_reason(text)}"
                 )
-        elif code is grpc.StatusCode.DEADLINE_EXCEEDED and text == "Deadline Exceeded":
+        elif code is grpc.StatusCode.DEADLINE_EXCEEDED and deadline_passed:
             return UpstreamTimeoutError(f"target {name!r}: deadline exceeded")
         elif code is grpc.StatusCode.RESOURCE_EXHAUSTED:
             m = _TOO_LARGE.search(text)
