@@ -20,7 +20,7 @@ PACKAGE_DIR = ROOT / "sidecar" / "_generated"
 # Generated modules import each other by proto path; ours live in one package.
 _IMPORT_FROM = "from sidecar.v1 import sidecar_pb2"
 _IMPORT_TO = "from sidecar._generated import sidecar_pb2"
-GENERATED = ("sidecar_pb2.py", "sidecar_pb2.pyi", "sidecar_pb2_grpc.py")
+GENERATED = ("sidecar_pb2.py", "sidecar_pb2_grpc.py")
 
 
 def generate(out_dir: Path) -> None:
@@ -30,7 +30,6 @@ def generate(out_dir: Path) -> None:
             "grpc_tools.protoc",
             f"-I{PROTOS}",
             f"--python_out={tmp}",
-            f"--pyi_out={tmp}",
             f"--grpc_python_out={tmp}",
             str(PROTOS / PROTO),
         ]

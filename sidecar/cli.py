@@ -63,7 +63,7 @@ def _channel(socket: str) -> grpc.Channel:
 
 
 def _fail_rpc(e: grpc.RpcError) -> None:
-    click.echo(f"error: {e.code().name}: {e.details()}", err=True)  # type: ignore[attr-defined]
+    click.echo(f"error: {e.code().name}: {e.details()}", err=True)
     sys.exit(1)
 
 

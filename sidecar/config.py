@@ -151,7 +151,8 @@ class Target:
 @dataclass(frozen=True, slots=True)
 class GrpcPool:
     connections: int = 1
-    keepalive: float = 30.0
+    # gRPC servers refuse pings more often than every 5 minutes by default.
+    keepalive: float = 300.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -46,7 +46,9 @@ POLICY_KEYS = ("timeout", "retry", "breaker", "limits")
 COMMON_TARGET_KEYS = ("kind", "required", "metadata", *POLICY_KEYS)
 KIND_KEYS = {
     "grpc": ("address", "tls", "forward_authorization", "pool"),
-    "http": ("base_url", "unix_socket", "headers", "pool", "tls", "forward_authorization", "health"),
+    "http": (
+        "base_url", "unix_socket", "headers", "pool", "tls", "forward_authorization", "health",
+    ),
     "kafka": ("bootstrap_servers", "topics", "producer", "max_message_bytes"),
 }
 METADATA_DEFAULTS = {
@@ -205,7 +207,11 @@ def _grpc_target(s: Section, name: str, policy: dict[str, Any]) -> GrpcTarget:
             "not supported for grpc targets (grpcio always verifies); set tls.ca_file",
         )
     p = s.section("pool", ("connections", "keepalive"))
-    pool = GrpcPool(p.integer("connections", 1, minimum=1), p.duration("keepalive", 30.0))
+    base = GrpcPool()
+    pool = GrpcPool(
+        p.integer("connections", base.connections, minimum=1),
+        p.duration("keepalive", base.keepalive),
+    )
     return GrpcTarget(
         name=name, address=address, tls=tls, pool=pool,
         forward_authorization=s.boolean("forward_authorization", False), **policy,
@@ -278,7 +284,8 @@ def _tls(target: Section) -> Tls | None:
         insecure_skip_verify=s.boolean("insecure_skip_verify", False),
     )
     if (tls.cert_file is None) != (tls.key_file is None):
-        s.fail("key_file" if tls.key_file is None else "cert_file", "cert_file and key_file go together")
+        missing = "key_file" if tls.key_file is None else "cert_file"
+        s.fail(missing, "cert_file and key_file go together")
     return tls
 
 
@@ -310,8 +317,8 @@ def _listener(s: Section, targets: Mapping[str, Target]) -> Listener:
     socket = s.required_string("socket")
     if socket and not os.path.isabs(socket):
         s.fail("socket", "must be an absolute path")
-    elif len(os.fsencode(socket)) > MAX_SOCKET_PATH:
-        s.fail("socket", f"path is {len(os.fsencode(socket))} bytes, over the {MAX_SOCKET_PATH}-byte limit of Unix sockets")
+    elif (size := len(os.fsencode(socket))) > MAX_SOCKET_PATH:
+        s.fail("socket", f"path is {size} bytes, over the {MAX_SOCKET_PATH}-byte Unix socket limit")
     i = s.section("identity", ("user_id", "trust_caller", "require_user"))
     identity = Identity(
         user_id=i.optional_string("user_id"),
@@ -374,7 +381,8 @@ def _admin(top: Section) -> Admin:
 
 
 def _log(s: Section) -> Log:
-    return Log(level=s.string("level", "info", choices=LOG_LEVELS), access=s.boolean("access", True))
+    level = s.string("level", "info", choices=LOG_LEVELS)
+    return Log(level=level, access=s.boolean("access", True))
 
 
 def _telemetry(s: Section) -> Telemetry:

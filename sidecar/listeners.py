@@ -77,13 +77,15 @@ class ListenerServer:
 
     async def start(self) -> None:
         path = self.listener.socket
-        prepare_socket_path(path)
         try:
+            prepare_socket_path(path)
             self.server.add_insecure_port(f"unix:{path}")
-        except RuntimeError as e:
+            await self.server.start()
+            os.chmod(path, self.listener.mode)
+        except OSError as e:
+            raise ListenerError(f"cannot listen on {path}: {e.strerror or e}") from e
+        except RuntimeError as e:  # grpc's word for a port it could not bind
             raise ListenerError(f"cannot listen on {path}: {e}") from e
-        await self.server.start()
-        os.chmod(path, self.listener.mode)
 
     def update(self, listener: Listener) -> None:
         """Take a reloaded listener on the same socket: new name or mode apply at once."""

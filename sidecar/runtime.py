@@ -8,6 +8,7 @@ its last call has finished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from sidecar.config import Config, GrpcTarget
 from sidecar.routing import Router
@@ -42,10 +43,8 @@ class Runtime:
 
     async def close(self, grace: float) -> None:
         """Wait up to `grace` seconds for this runtime's calls, then close its upstreams."""
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
-        except TimeoutError:
-            pass
         for upstream in self.grpc.values():
             await upstream.close()
 

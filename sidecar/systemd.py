@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -22,11 +23,10 @@ class Notifier:
     def notify(self, state: str) -> None:
         if self._address is None:
             return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.sendto(state.encode(), self._address)
-            except OSError:
-                pass  # systemd gone or socket unwritable: nothing to tell
+        # systemd gone or its socket unwritable: there is nobody to tell.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, \
+                contextlib.suppress(OSError):
+            sock.sendto(state.encode(), self._address)
 
     def ready(self) -> None:
         self.notify("READY=1")

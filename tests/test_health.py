@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -44,11 +45,9 @@ def test_health_reports_daemon_and_each_target(
     d = _two_target_daemon(daemon_factory, short_dir, upstream)
     assert _check(d, "") == SERVING
     assert _check(d, "up") == SERVING
-    with d.channel() as ch:  # a failed connection marks the target unhealthy
-        try:
-            ch.unary_unary("/test.Echo/Unary")(b"x", metadata=[("sidecar-target", "down")])
-        except grpc.RpcError:
-            pass
+    # a failed connection marks the target unhealthy
+    with d.channel() as ch, contextlib.suppress(grpc.RpcError):
+        ch.unary_unary("/test.Echo/Unary")(b"x", metadata=[("sidecar-target", "down")])
     deadline = time.monotonic() + 5
     while _check(d, "down") != NOT_SERVING:
         assert time.monotonic() < deadline, "target 'down' never reported NOT_SERVING"
@@ -95,11 +94,8 @@ def test_admin_healthz_readyz_and_status(
     d = _two_target_daemon(daemon_factory, short_dir, upstream, admin_port=port)
     base = f"http://127.0.0.1:{port}"
     assert _get(f"{base}/healthz")[0] == 200
-    with d.channel() as ch:
-        try:
-            ch.unary_unary("/test.Echo/Unary")(b"x", metadata=[("sidecar-target", "down")])
-        except grpc.RpcError:
-            pass
+    with d.channel() as ch, contextlib.suppress(grpc.RpcError):
+        ch.unary_unary("/test.Echo/Unary")(b"x", metadata=[("sidecar-target", "down")])
     status, body = _get(f"{base}/readyz")
     assert status == 503
     assert "'down'" in orjson.loads(body)["reasons"][0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -219,6 +220,6 @@ def test_sd_notify_watchdog_pings_at_half_the_interval(
     daemon_factory(basic_config(short_dir, upstream),
                    env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"})
     times = [notify.next("WATCHDOG=1")[1] for _ in range(6)]
-    gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+    gaps = sorted(b - a for a, b in itertools.pairwise(times))
     median = gaps[len(gaps) // 2]
     assert 0.1 < median < 0.35  # every WATCHDOG_USEC/2 = 200 ms

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import orjson
 import pytest
 
 from tests.conftest import Daemon, Upstream, basic_config
@@ -323,7 +324,7 @@ def test_garbage_on_the_socket_does_not_disturb_other_callers(daemon: Daemon) ->
 
 def test_access_log_line_per_call(daemon: Daemon) -> None:
     with daemon.channel() as ch:
-        _, call = ch.unary_unary("/test.Echo/Unary").with_call(
+        ch.unary_unary("/test.Echo/Unary")(
             b"x", metadata=[("correlation-id", "trace-me-1")], timeout=5)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
@@ -331,8 +332,6 @@ def test_access_log_line_per_call(daemon: Daemon) -> None:
         if lines:
             break
         time.sleep(0.02)
-    import orjson
-
     entry = orjson.loads(lines[0])
     assert entry["msg"] == "call"
     assert entry["listener"] == "app"

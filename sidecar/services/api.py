@@ -9,13 +9,13 @@ import grpc
 from sidecar._generated import sidecar_pb2_grpc
 
 
-class HttpProxyService(sidecar_pb2_grpc.HttpProxyServicer):  # type: ignore[misc]
+class HttpProxyService(sidecar_pb2_grpc.HttpProxyServicer):
     async def Call(self, request: Any, context: grpc.aio.ServicerContext) -> NoReturn:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "http targets are not supported yet")
         raise AssertionError("abort returns never")
 
 
-class PublisherService(sidecar_pb2_grpc.PublisherServicer):  # type: ignore[misc]
+class PublisherService(sidecar_pb2_grpc.PublisherServicer):
     async def Publish(self, request: Any, context: grpc.aio.ServicerContext) -> NoReturn:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "kafka targets are not supported yet")
         raise AssertionError("abort returns never")

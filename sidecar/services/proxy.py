@@ -37,7 +37,7 @@ class TransparentProxy(grpc.GenericRpcHandler):
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         handler = self._handlers.get(method)
         if handler is None:
             async def forward(requests: AsyncIterator[bytes], context: Any) -> None:
@@ -88,7 +88,7 @@ async def _relay(
     upstream: GrpcUpstream,
     method: str,
     metadata: list[tuple[str, str | bytes]],
-    timeout: float,
+    timeout: float,  # noqa: ASYNC109 -- the upstream call's deadline, not a wait of ours
     requests: AsyncIterator[bytes],
     context: grpc.aio.ServicerContext,
     correlation: tuple[str, str],
@@ -140,7 +140,7 @@ async def _pump(requests: AsyncIterator[bytes], call: grpc.aio.StreamStreamCall)
         await call.wait_for_connection()
     except grpc.aio.AioRpcError:
         return  # ended before the request went out; its status says why
-    send = call._cython_call.send_serialized_message  # type: ignore[attr-defined]
+    send = call._cython_call.send_serialized_message
     with contextlib.suppress(Exception):  # the call ended early: its status says why
         async for message in requests:
             await send(message)

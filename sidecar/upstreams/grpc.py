@@ -83,7 +83,7 @@ class GrpcUpstream:
             callable_ = self._channels[i].stream_stream(method)
             if len(callables) < _CACHE_LIMIT:
                 callables[method] = callable_
-        return callable_(metadata=metadata, timeout=timeout)  # type: ignore[no-any-return]
+        return callable_(metadata=metadata, timeout=timeout)
 
     def health(self) -> bool:
         """False while every channel is failing to connect."""
