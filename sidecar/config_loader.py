@@ -56,7 +56,9 @@ METADATA_DEFAULTS = {
     "http": MetadataNames("X-User-Id", "X-Correlation-Id", "X-Request-Id"),
     "kafka": MetadataNames("user-id", "correlation-id", "request-id"),
 }
-_GRPC_ADDRESS = re.compile(r"^(unix:///?.+|unix-abstract:.+|dns:///.+|ipv4:.+|ipv6:.+|[^/\s]+:\d+)$")
+_GRPC_ADDRESS = re.compile(
+    r"^(unix:/.+|unix-abstract:.+|dns:(//[^/]*)?/.+|ipv4:.+|ipv6:.+|[^/\s]+:\d+)$"
+)
 _KAFKA_ACKS = ("all", "-1", "0", "1")
 _COMPRESSION = ("none", "gzip", "snappy", "lz4", "zstd")
 
@@ -135,7 +137,7 @@ def _retry(s: Section, base: Retry) -> Retry:
 def _retry_on(s: Section) -> list[str | int]:
     out: list[str | int] = []
     for path, item in s.items("on"):
-        if isinstance(item, str) and item.upper() in GRPC_CODES:
+        if isinstance(item, str) and item.upper() in GRPC_CODES and item.upper() != "OK":
             out.append(item.upper())
         elif isinstance(item, int) and not isinstance(item, bool) and 500 <= item <= 599:
             out.append(item)
@@ -169,7 +171,7 @@ def _targets(top: Section, defaults: Defaults) -> dict[str, Target]:
     for name, body in raw.items():
         path = top.key_path(f"targets.{name}")
         kind = body.get("kind") if isinstance(body, dict) else None
-        if kind not in KIND_KEYS:
+        if not isinstance(kind, str) or kind not in KIND_KEYS:
             shown = top.problems.show(f"{path}.kind", kind)
             reason = "is required" if kind is None else f"must be grpc, http or kafka, got {shown}"
             top.problems.add(f"{path}.kind", reason)
@@ -245,9 +247,11 @@ def _http_target(s: Section, name: str, policy: dict[str, Any]) -> HttpTarget:
 
 def _kafka_target(s: Section, name: str, policy: dict[str, Any]) -> KafkaTarget:
     servers = s.string_list("bootstrap_servers")
-    if not servers and not s.has("bootstrap_servers"):
-        s.fail("bootstrap_servers", "is required")
+    if not servers:
+        s.fail("bootstrap_servers", "must list at least one host:port")
     topics = s.string_list("topics") if s.has("topics") else ("*",)
+    if not topics:
+        s.fail("topics", "must allow at least one topic (a glob like orders.*)")
     p = s.section(
         "producer", ("acks", "idempotence", "linger", "compression", "delivery_timeout", "config")
     )
@@ -291,7 +295,7 @@ def _tls(target: Section) -> Tls | None:
 
 def _listeners(top: Section, targets: Mapping[str, Target]) -> tuple[Listener, ...]:
     entries = top.items("listeners")
-    if not entries and not top.problems.lines:
+    if not entries and top.raw.get("listeners") in (None, []):
         top.fail("listeners", "at least one listener is required")
     listeners: list[Listener] = []
     names: set[str] = set()
@@ -343,21 +347,22 @@ def _listener(s: Section, targets: Mapping[str, Target]) -> Listener:
 
 def _check_grpc_target(s: Section, key: str, name: str, targets: Mapping[str, Target]) -> None:
     target = targets.get(name)
+    shown = s.problems.show(s.key_path(key), name)
     if target is None:
-        s.fail(key, f"no target named {name!r}")
+        s.fail(key, f"no target named {shown}")
     elif not isinstance(target, GrpcTarget):
-        s.fail(key, f"target {name!r} is {target.kind}, routes need a grpc target")
+        s.fail(key, f"target {shown} is {target.kind}, routes need a grpc target")
 
 
 def _mode(s: Section) -> int:
     value = s.raw.get("mode")
     if value is None:
         return 0o660
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777:
-        return value  # YAML read an unquoted 0660 as octal already
     if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
         return int(value, 8)
-    s.fail("mode", f"must be octal permissions like \"0660\", got {value!r}")
+    # An unquoted YAML number is ambiguous (0660 is octal, 660 decimal): refuse it.
+    shown = s.problems.show(s.key_path("mode"), value)
+    s.fail("mode", f'must be quoted octal permissions like "0660", got {shown}')
     return 0o660
 
 
@@ -375,12 +380,15 @@ def _admin(top: Section) -> Admin:
         return Admin(host=None, port=None, unix_path=path)
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
-        s.fail("address", f"must be host:port or unix:/path, got {address!r}")
+        shown = s.problems.show(s.key_path("address"), address)
+        s.fail("address", f"must be host:port or unix:/path, got {shown}")
         return Admin()
     return Admin(host=host.strip("[]"), port=int(port))
 
 
 def _log(s: Section) -> Log:
+    if isinstance(s.raw.get("level"), str):
+        s.raw["level"] = s.raw["level"].lower()
     level = s.string("level", "info", choices=LOG_LEVELS)
     return Log(level=level, access=s.boolean("access", True))
 

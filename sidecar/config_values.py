@@ -119,7 +119,8 @@ class Section:
             return default
         options = tuple(choices)
         if options and value not in options:
-            self.fail(key, f"must be one of {', '.join(options)}, got {value!r}")
+            shown = self.problems.show(self.key_path(key), value)
+            self.fail(key, f"must be one of {', '.join(options)}, got {shown}")
             return default
         return value
 
@@ -247,5 +248,5 @@ class Section:
     def existing_file(self, key: str) -> str | None:
         value = self.optional_string(key)
         if value is not None and not os.path.isfile(value):
-            self.fail(key, f"file not found: {value}")
+            self.fail(key, f"file not found: {self.problems.show(self.key_path(key), value)}")
         return value
