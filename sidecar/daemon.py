@@ -115,8 +115,8 @@ class Daemon:
             self.notifier.ready()
             return
         old, self.runtime, self.config = self.runtime, runtime, config
-        self.access_log.enabled = config.log.access
         set_level(config.log.level)
+        self.access_log.configure(config.log.access)
         self._spawn(old.close(config.drain_timeout))
         await self.health.refresh()
         self.notifier.ready()

@@ -57,6 +57,11 @@ class AccessLog:
 
     def __init__(self, enabled: bool) -> None:
         self._logger = logging.getLogger(f"{LOGGER}.access")
+        self.enabled = False
+        self.configure(enabled)
+
+    def configure(self, enabled: bool) -> None:
+        """Follow `log.access` and the log level (call after either changes)."""
         self.enabled = enabled and self._logger.isEnabledFor(logging.INFO)
 
     def call(

@@ -1,0 +1,63 @@
+"""Logs: JSON lines, levels from config, and never a secret."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from tests.conftest import Daemon, Upstream, basic_config, write_config
+
+SECRET = "tok-9f8e7d6c5b4a"
+
+
+def _wait_for_line(d: Daemon, needle: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(needle in ln for ln in d.log_lines()):
+        assert time.monotonic() < deadline, f"no log line with {needle!r}"
+        time.sleep(0.02)
+
+
+def test_secrets_never_reach_the_log(
+    daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream
+) -> None:
+    config = basic_config(short_dir, upstream)
+    config["log"] = {"level": "debug"}
+    config["targets"]["billing"] = {"kind": "http", "base_url": "http://127.0.0.1:9",
+                                    "headers": {"X-Api-Key": "${BILLING_KEY}"}}
+    d = daemon_factory(config, env={"BILLING_KEY": SECRET})
+    with d.channel() as ch:
+        ch.unary_unary("/test.Echo/Unary")(
+            b"x", metadata=[("authorization", f"Bearer {SECRET}"), ("x-api-key", SECRET)])
+    bad = dict(config, drain_timeout="${BILLING_KEY}")  # invalid, and the value is a secret
+    write_config(d.config_path, bad)
+    d.signal(signal.SIGHUP)
+    _wait_for_line(d, "reload refused")
+    d.stop()
+    text = d.log_path.read_text()
+    assert "drain_timeout" in text
+    assert SECRET not in text
+
+
+def test_every_line_is_json_with_level_and_message(daemon: Daemon) -> None:
+    with daemon.channel() as ch:
+        ch.unary_unary("/test.Echo/Unary")(b"x", timeout=5)
+    daemon.stop()
+    entries = [orjson.loads(line) for line in daemon.log_lines()]
+    assert {"started", "call", "stopping", "stopped"} <= {e["msg"] for e in entries}
+    assert all({"ts", "level", "msg"} <= e.keys() for e in entries)
+
+
+def test_warning_level_silences_access_lines(
+    daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream
+) -> None:
+    config = basic_config(short_dir, upstream)
+    config["log"] = {"level": "warning"}
+    d = daemon_factory(config)
+    with d.channel() as ch:
+        ch.unary_unary("/test.Echo/Unary")(b"x", timeout=5)
+    d.stop()
+    assert not any('"call"' in ln for ln in d.log_lines())
