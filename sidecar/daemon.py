@@ -35,7 +35,7 @@ class Daemon:
     def __init__(self, config: Config, config_path: str) -> None:
         self.config = config
         self.config_path = config_path
-        self.runtime = Runtime(config)
+        self.runtime = Runtime(config, self._breaker_changed)
         self.access_log = AccessLog(config.log.access)
         self.health = HealthReporter(lambda: self.runtime.target_health())
         self.notifier = Notifier()
@@ -105,7 +105,7 @@ class Daemon:
                       "; ".join(e.problems), extra={"fields": {"config": self.config_path}})
             self.notifier.ready()
             return
-        runtime = Runtime(config)
+        runtime = Runtime(config, self._breaker_changed)
         await runtime.start()
         try:
             await self._swap_listeners(config.listeners)
@@ -149,7 +149,6 @@ class Daemon:
         return not reasons, reasons
 
     def status(self) -> dict[str, Any]:
-        health = self.runtime.target_health()
         return {
             "version": __version__,
             "uptime_s": round(time.time() - self.started, 3),
@@ -159,11 +158,7 @@ class Daemon:
                 {"name": ls.name, "socket": ls.socket, "mode": f"{ls.mode:04o}"}
                 for ls in self.config.listeners
             ],
-            "targets": {
-                name: {**self.runtime.grpc[name].stats(), "healthy": health[name]}
-                if name in self.runtime.grpc else {"kind": t.kind, "healthy": health[name]}
-                for name, t in self.config.targets.items()
-            },
+            "targets": self.runtime.target_status(),
         }
 
     async def _start_listener(self, listener: Listener) -> ListenerServer:
@@ -193,6 +188,9 @@ class Daemon:
         self.listeners = servers
         for gone in by_socket.values():
             self._spawn(gone.stop(self.config.drain_timeout))
+
+    def _breaker_changed(self, target: str, state: str) -> None:
+        self._spawn(self.health.refresh())
 
     async def _refresh_health(self) -> None:
         while True:

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
 
 from sidecar.config import Config, GrpcTarget
+from sidecar.resilience.breaker import OPEN
+from sidecar.resilience.policy import TargetPolicy
 from sidecar.routing import Router
 from sidecar.upstreams.grpc import GrpcUpstream
 
@@ -18,10 +24,16 @@ from sidecar.upstreams.grpc import GrpcUpstream
 class Runtime:
     """Upstreams and per-listener routers for one config, with an in-flight count."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, on_breaker_change: Callable[[str, str], None] | None = None
+    ) -> None:
         self.config = config
         self.grpc: dict[str, GrpcUpstream] = {
             name: GrpcUpstream(t) for name, t in config.targets.items() if isinstance(t, GrpcTarget)
+        }
+        self.policies = {
+            name: TargetPolicy(t, on_breaker_change=on_breaker_change)
+            for name, t in config.targets.items()
         }
         self.routers = {ls.name: Router(ls, config.targets) for ls in config.listeners}
         self.in_flight = 0
@@ -48,9 +60,35 @@ class Runtime:
         for upstream in self.grpc.values():
             await upstream.close()
 
+    def target_status(self) -> dict[str, dict[str, Any]]:
+        """Per target: kind, health, breaker, budget, in-flight, counters."""
+        health = self.target_health()
+        now = time.monotonic()
+        out: dict[str, dict[str, Any]] = {}
+        for name, target in self.config.targets.items():
+            policy = self.policies[name]
+            upstream = self.grpc.get(name)
+            counters = asdict(policy.counters)
+            out[name] = {
+                "kind": target.kind,
+                **(upstream.stats() if upstream is not None else {}),
+                "healthy": health[name],
+                "breaker": {
+                    "state": policy.breaker.state,
+                    "for_s": round(now - policy.breaker.changed_at, 3),
+                    "transitions": policy.breaker.transitions,
+                },
+                "retry_budget": round(policy.budget.balance(now), 3),
+                "in_flight": counters.pop("in_flight"),
+                "last_error": counters.pop("last_error"),
+                "last_error_at": counters.pop("last_error_at"),
+                "counters": counters,
+            }
+        return out
+
     def target_health(self) -> dict[str, bool]:
-        """Health of every target by name (kinds without a check yet count as healthy)."""
-        health = dict.fromkeys(self.config.targets, True)
+        """Health of every target: not while its breaker is open or it cannot connect."""
+        health = {name: p.breaker.state != OPEN for name, p in self.policies.items()}
         for name, upstream in self.grpc.items():
-            health[name] = upstream.health()
+            health[name] = health[name] and upstream.health()
         return health

@@ -66,6 +66,12 @@ class Upstream:
     server: grpc.Server
     seen: list[Seen] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    outage: grpc.StatusCode | None = None  # Flaky methods fail with this while set
+    tries: dict[str, int] = field(default_factory=dict)  # attempts per request-id
+    received: list[list[bytes]] = field(default_factory=list)  # FlakyStream's requests
+
+    def calls(self, method: str) -> int:
+        return sum(1 for s in self.seen if s.method == method)
 
     def stop(self) -> None:
         self.server.stop(0).wait()
@@ -115,7 +121,39 @@ def _handlers(up: Upstream) -> grpc.GenericRpcHandler:
             time.sleep(0.005)
         return request
 
+    def flaky_failure(md: dict[str, Any], context: grpc.ServicerContext) -> None:
+        rid = str(md.get("request-id"))
+        tries = up.tries[rid] = up.tries.get(rid, 0) + 1
+        time.sleep(int(str(md.get("delay-ms", "0"))) / 1000)
+        code = up.outage
+        if code is None and tries <= int(str(md.get("fail-times", "0"))):
+            code = grpc.StatusCode[str(md.get("fail-code", "UNAVAILABLE"))]
+        if code is not None:
+            if "pushback-ms" in md:
+                context.set_trailing_metadata(
+                    (("grpc-retry-pushback-ms", str(md["pushback-ms"])),))
+            context.abort(code, f"flaky failure {tries}")
+
+    def flaky(request: bytes, context: grpc.ServicerContext) -> bytes:
+        flaky_failure(_record(up, "Flaky", context), context)
+        return request
+
+    def flaky_stream(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        md = _record(up, "FlakyStream", context)
+        received = list(requests)
+        up.received.append(received)
+        flaky_failure(md, context)
+        yield from received
+
+    def stream_then_fail(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        _record(up, "StreamThenFail", context)
+        yield request
+        context.abort(grpc.StatusCode.UNAVAILABLE, "gone after one message")
+
     table = {
+        "/test.Echo/Flaky": grpc.unary_unary_rpc_method_handler(flaky),
+        "/test.Echo/FlakyStream": grpc.stream_stream_rpc_method_handler(flaky_stream),
+        "/test.Echo/StreamThenFail": grpc.unary_stream_rpc_method_handler(stream_then_fail),
         "/test.Echo/Unary": grpc.unary_unary_rpc_method_handler(unary),
         "/test.Echo/ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
         "/test.Echo/ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),

@@ -1,9 +1,9 @@
 """The transparent proxy engine on grpc.aio: any method not the daemon's own.
 
 The engine only moves bytes and statuses; what to call and with which
-metadata comes from `context` (who, ids, trace), `routing` (which target) and
-the upstream (how to reach it). A frame-level engine can replace this module
-without touching those.
+metadata comes from `context` (who, ids, trace), `routing` (which target),
+`resilience` (whether to try again) and the upstream (how to reach it). A
+frame-level engine can replace this module without touching those.
 """
 
 from __future__ import annotations
@@ -18,11 +18,15 @@ import grpc
 
 from sidecar.context import build_context, require_identity
 from sidecar.errors import SidecarError
+from sidecar.resilience.backoff import grpc_pushback
+from sidecar.resilience.policy import Attempt
 from sidecar.runtime import Runtime
+from sidecar.services.replay import RequestReplay
 from sidecar.telemetry.logging import AccessLog
-from sidecar.upstreams.grpc import GrpcUpstream, upstream_metadata
+from sidecar.upstreams.grpc import PUSHBACK_KEY, GrpcUpstream, classify, upstream_metadata
 
 _CACHE_LIMIT = 4096  # method handlers kept per listener
+Metadata = tuple[tuple[str, str | bytes], ...]
 
 
 class TransparentProxy(grpc.GenericRpcHandler):
@@ -62,12 +66,21 @@ class TransparentProxy(grpc.GenericRpcHandler):
             require_identity(ctx, router.listener.identity, self.listener)
             target = router.route(method, ctx.target_hint)
             upstream = runtime.grpc[target]
-            timeout = context.time_remaining()
-            if timeout is None:
-                timeout = upstream.target.timeout
-            metadata = upstream_metadata(ctx, upstream.target)
-            status = await _relay(upstream, method, metadata, timeout, requests, context,
-                                  ("correlation-id", ctx.correlation_id))
+            policy = runtime.policies[target]
+            remaining = context.time_remaining()
+            deadline = started + (upstream.target.timeout if remaining is None else remaining)
+            call = _ProxiedCall(upstream, method, upstream_metadata(ctx, upstream.target),
+                                requests, context, ("correlation-id", ctx.correlation_id))
+            policy.admit()
+            try:
+                await policy.run(deadline, call.attempt)
+                status = await call.deliver()
+            except SidecarError as e:
+                policy.note_error(str(e))
+                raise
+            finally:
+                policy.release()
+                call.close()
         except SidecarError as e:
             status = e.grpc_status
             await _fail(context, e, ctx.correlation_id)
@@ -84,67 +97,95 @@ class TransparentProxy(grpc.GenericRpcHandler):
                 )
 
 
-async def _relay(
-    upstream: GrpcUpstream,
-    method: str,
-    metadata: list[tuple[str, str | bytes]],
-    timeout: float,  # noqa: ASYNC109 -- the upstream call's deadline, not a wait of ours
-    requests: AsyncIterator[bytes],
-    context: grpc.aio.ServicerContext,
-    correlation: tuple[str, str],
-) -> grpc.StatusCode:
-    """Run one upstream call, relaying messages both ways; return its final status."""
-    deadline = time.monotonic() + timeout
-    call = upstream.open(method, metadata, timeout)
-    pump = asyncio.ensure_future(_pump(requests, call))
-    got_headers = False
-    try:
-        headers = await call.initial_metadata()
-        got_headers = len(headers) > 0
-        await context.send_initial_metadata(
-            (*(kv for kv in headers if kv[0] != correlation[0]), correlation)
-        )
+class _ProxiedCall:
+    """One caller's call across its attempts: holds back the answer until it is final."""
+
+    def __init__(
+        self,
+        upstream: GrpcUpstream,
+        method: str,
+        metadata: list[tuple[str, str | bytes]],
+        requests: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext,
+        correlation: tuple[str, str],
+    ) -> None:
+        self._upstream = upstream
+        self._method = method
+        self._metadata = metadata
+        self._requests = RequestReplay(requests, upstream.target.limits.max_message)
+        self._context = context
+        self._correlation = correlation
+        self._headers: Metadata = ()
+        self._committed = False
+        self._code = grpc.StatusCode.UNKNOWN
+        self._details: str | None = None
+        self._trailers: Metadata = ()
+        self._error: SidecarError | None = None
+
+    async def attempt(self, time_left: float) -> Attempt:
+        """Run one upstream try; stream to the caller once its first message arrives."""
+        deadline = time.monotonic() + time_left
+        call = self._upstream.open(self._method, self._metadata, time_left)
+        self._requests.attach(call)
         try:
-            while (message := await call.read()) is not grpc.aio.EOF:
-                await context.write(message)
-        except grpc.aio.AioRpcError:
-            pass  # the call's status, read below, says what happened
-        code = await call.code()
-        details = await call.details()
-        error = upstream.translate(code, details, got_headers, time.monotonic() >= deadline)
-        if error is not None:
-            raise error
-        context.set_code(code)
-        if details:
-            context.set_details(details)
-        trailers = await call.trailing_metadata()
-        if trailers:
-            context.set_trailing_metadata(tuple(trailers))
-        return code
-    finally:
-        if not pump.done():
-            pump.cancel()
-        if not call.done():
-            call.cancel()
+            self._headers = tuple(await call.initial_metadata())
+            message = await _read(call)
+            if message is not grpc.aio.EOF:
+                await self._commit(message)
+                while (message := await _read(call)) is not grpc.aio.EOF:
+                    await self._context.write(message)
+            self._code = await call.code()
+            self._details = await call.details()
+            self._trailers = tuple(await call.trailing_metadata() or ())
+        finally:
+            if not call.done():
+                call.cancel()
+        self._error = self._upstream.translate(
+            self._code, self._details, bool(self._headers), time.monotonic() >= deadline
+        )
+        verdict = classify(self._code, self._error, self._upstream.retry_on)
+        verdict.committed = self._committed
+        verdict.retryable = verdict.retryable and self._requests.replayable
+        pushback = dict(self._trailers).get(PUSHBACK_KEY)
+        verdict.pushback = grpc_pushback(pushback if isinstance(pushback, str) else None)
+        return verdict
+
+    async def deliver(self) -> grpc.StatusCode:
+        """Give the caller the final attempt's status (its messages went out already)."""
+        if self._error is not None:
+            raise self._error
+        if not self._committed:
+            await self._send_headers()
+        context = self._context
+        context.set_code(self._code)
+        if self._details:
+            context.set_details(self._details)
+        if self._trailers:
+            context.set_trailing_metadata(self._trailers)
+        return self._code
+
+    def close(self) -> None:
+        self._requests.close()
+
+    async def _commit(self, first: bytes) -> None:
+        self._committed = True
+        self._requests.commit()
+        await self._send_headers()
+        await self._context.write(first)
+
+    async def _send_headers(self) -> None:
+        name = self._correlation[0]
+        await self._context.send_initial_metadata(
+            (*(kv for kv in self._headers if kv[0] != name), self._correlation)
+        )
 
 
-async def _pump(requests: AsyncIterator[bytes], call: grpc.aio.StreamStreamCall) -> None:
-    """Copy the caller's messages upstream; a failed write is left for the call's status.
-
-    grpc.aio's `write` marks the call INTERNAL when a write fails because the
-    upstream already ended the call (UNIMPLEMENTED at header time, an early
-    error), and the upstream's real status can be lost. Sending through the
-    call's core object leaves the status to the upstream.
-    """
+async def _read(call: grpc.aio.StreamStreamCall) -> Any:
+    """The next response message, or EOF once the call has ended (however it ended)."""
     try:
-        await call.wait_for_connection()
+        return await call.read()
     except grpc.aio.AioRpcError:
-        return  # ended before the request went out; its status says why
-    send = call._cython_call.send_serialized_message
-    with contextlib.suppress(Exception):  # the call ended early: its status says why
-        async for message in requests:
-            await send(message)
-        await call.done_writing()
+        return grpc.aio.EOF
 
 
 async def _fail(context: grpc.aio.ServicerContext, error: SidecarError, correlation: str) -> None:

@@ -21,6 +21,7 @@ from sidecar.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from sidecar.resilience.policy import Attempt
 
 _CACHE_LIMIT = 4096  # methods whose callables are kept per channel
 # How grpc-core words failures that never reached the upstream application.
@@ -50,6 +51,9 @@ class GrpcUpstream:
 
     def __init__(self, target: GrpcTarget) -> None:
         self.target = target
+        self.retry_on = frozenset(
+            grpc.StatusCode[c] for c in target.retry.on if isinstance(c, str)
+        )
         self._channels: list[grpc.aio.Channel] = []
         self._callables: list[dict[str, Any]] = []
         self._next = 0
@@ -116,6 +120,27 @@ class GrpcUpstream:
                     f"{m[3]}-byte limit (limits.max_message)"
                 )
         return None
+
+
+# Upstream faults: count against the breaker (DESIGN.md, "Breaker").
+_FAULTS = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+})
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+def classify(
+    code: grpc.StatusCode, error: SidecarError | None, retry_on: frozenset[grpc.StatusCode]
+) -> Attempt:
+    """What an attempt's final status means to the resilience layer."""
+    if code is grpc.StatusCode.OK:
+        return Attempt(ok=True)
+    if isinstance(error, LimitExceededError):
+        return Attempt(ok=False)  # our own size limit: the caller's message, not a fault
+    fault = code in _FAULTS
+    retryable = code is grpc.StatusCode.UNAVAILABLE or code in retry_on
+    return Attempt(ok=False, fault=fault, retryable=retryable)
 
 
 def upstream_metadata(ctx: CallContext, target: GrpcTarget) -> list[tuple[str, str | bytes]]:

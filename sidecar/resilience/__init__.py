@@ -1,0 +1,1 @@
+"""Protocol-free resilience: retry budget, backoff, breaker, limits, and the retry loop."""

@@ -1,0 +1,161 @@
+"""One target's resilience policy: load shedding, breaker, retries with budget, deadlines.
+
+The retry loop is protocol-free: an upstream adapter runs one attempt and
+says what it came to (`Attempt`); this module decides whether another is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from sidecar.config import Target
+from sidecar.errors import LimitExceededError, UpstreamUnavailableError
+from sidecar.resilience.backoff import full_jitter
+from sidecar.resilience.breaker import CLOSED, OPEN, Breaker
+from sidecar.resilience.budget import RetryBudget
+
+log = logging.getLogger("sidecar.resilience")
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What one try came to, as far as policy cares."""
+
+    ok: bool
+    fault: bool = False  # counts against the breaker
+    retryable: bool = False  # failed before reaching the application, or safe to repeat
+    committed: bool = False  # the caller has seen part of the answer: never retry
+    pushback: float | None = None  # seconds the upstream asked for; < 0: do not retry
+
+
+@dataclass(slots=True)
+class Counters:
+    """Per-target event counts, cheap to read for /status and metrics."""
+
+    requests: int = 0
+    attempts: int = 0
+    retries: int = 0
+    budget_exhausted: int = 0
+    shed: int = 0
+    circuit_rejected: int = 0
+    faults: int = 0
+    in_flight: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+
+class TargetPolicy:
+    """Everything that decides how calls to one target are made; no I/O of its own."""
+
+    def __init__(
+        self,
+        target: Target,
+        clock: Callable[[], float] = time.monotonic,
+        rand: random.Random | None = None,
+        on_breaker_change: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.target = target
+        self.counters = Counters()
+        self._clock = clock
+        self._rand = rand or random.Random()
+        self._retry = target.retry
+        self._max_in_flight = target.limits.max_in_flight
+        self._on_breaker_change = on_breaker_change
+        self.budget = RetryBudget(
+            target.retry.budget.ratio, target.retry.budget.min_per_second,
+            target.retry.budget.window,
+        )
+        self.breaker = Breaker(target.breaker.failures, target.breaker.reset, clock,
+                               self._breaker_changed)
+
+    def admit(self) -> None:
+        """Take an in-flight slot, or shed the call at once."""
+        counters = self.counters
+        if counters.in_flight >= self._max_in_flight:
+            counters.shed += 1
+            raise LimitExceededError(
+                f"target {self.target.name!r}: {counters.in_flight} calls in flight "
+                f"(limits.max_in_flight)"
+            )
+        counters.in_flight += 1
+        counters.requests += 1
+
+    def release(self) -> None:
+        self.counters.in_flight -= 1
+
+    async def run(
+        self, deadline: float, attempt: Callable[[float], Awaitable[Attempt]]
+    ) -> Attempt:
+        """Make attempts until one is final; `attempt(time_left)` runs one try."""
+        self.budget.deposit(self._clock())
+        last: Attempt | None = None
+        retries = 0
+        per_try = self._retry.per_try_timeout
+        while True:
+            trial = self.breaker.admit()
+            if trial is None:
+                self.counters.circuit_rejected += 1
+                if last is not None:
+                    return last
+                raise UpstreamUnavailableError(
+                    f"target {self.target.name!r}: circuit open after repeated upstream failures"
+                )
+            started = self._clock()
+            remaining = max(deadline - started, 0.0)
+            self.counters.attempts += 1
+            try:
+                last = await attempt(remaining if per_try is None else min(remaining, per_try))
+            except BaseException:
+                self.breaker.abandon(trial)
+                raise
+            self.breaker.record(last.fault, trial)
+            if last.fault:
+                self.counters.faults += 1
+            if last.ok or last.committed or not last.retryable:
+                return last
+            delay = self._retry_delay(retries + 1, last, deadline, self._clock() - started)
+            if delay is None:
+                return last
+            retries += 1
+            self.counters.retries += 1
+            await asyncio.sleep(delay)
+
+    def _retry_delay(
+        self, retry: int, last: Attempt, deadline: float, took: float
+    ) -> float | None:
+        """Seconds to wait before retry number `retry`, or None when none may be made."""
+        if retry >= self._retry.attempts or self.breaker.state != CLOSED:
+            return None
+        if last.pushback is not None:
+            if last.pushback < 0:
+                return None
+            delay = last.pushback
+        else:
+            delay = full_jitter(retry, self._retry.backoff.base, self._retry.backoff.max,
+                                self._rand)
+        per_try = self._retry.per_try_timeout
+        needed = took if per_try is None else min(took, per_try)
+        now = self._clock()
+        if now + delay + needed > deadline:
+            return None  # it could not finish in the time left
+        if not self.budget.try_withdraw(now):
+            self.counters.budget_exhausted += 1
+            return None
+        return delay
+
+    def note_error(self, message: str) -> None:
+        self.counters.last_error = message
+        self.counters.last_error_at = time.time()
+
+    def _breaker_changed(self, old: str | None, new: str) -> None:
+        level = logging.WARNING if new == OPEN else logging.INFO
+        log.log(level, "breaker %s", new, extra={"fields": {
+            "target": self.target.name, "from": old, "to": new,
+        }})
+        if self._on_breaker_change is not None:
+            self._on_breaker_change(self.target.name, new)
