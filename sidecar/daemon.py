@@ -105,7 +105,7 @@ class Daemon:
                       "; ".join(e.problems), extra={"fields": {"config": self.config_path}})
             self.notifier.ready()
             return
-        runtime = Runtime(config, self._breaker_changed)
+        runtime = Runtime(config, self._breaker_changed, previous=self.runtime)
         await runtime.start()
         try:
             await self._swap_listeners(config.listeners)

@@ -25,14 +25,20 @@ class Runtime:
     """Upstreams and per-listener routers for one config, with an in-flight count."""
 
     def __init__(
-        self, config: Config, on_breaker_change: Callable[[str, str], None] | None = None
+        self,
+        config: Config,
+        on_breaker_change: Callable[[str, str], None] | None = None,
+        previous: Runtime | None = None,
     ) -> None:
         self.config = config
         self.grpc: dict[str, GrpcUpstream] = {
             name: GrpcUpstream(t) for name, t in config.targets.items() if isinstance(t, GrpcTarget)
         }
-        self.policies = {
-            name: TargetPolicy(t, on_breaker_change=on_breaker_change)
+        # A target whose config did not change keeps its breaker, budget and counters.
+        kept: dict[str, TargetPolicy] = {} if previous is None else previous.policies
+        self.policies: dict[str, TargetPolicy] = {
+            name: kept[name] if name in kept and kept[name].target == t
+            else TargetPolicy(t, on_breaker_change=on_breaker_change)
             for name, t in config.targets.items()
         }
         self.routers = {ls.name: Router(ls, config.targets) for ls in config.listeners}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import statistics
 import time
 import urllib.request
@@ -15,7 +16,7 @@ import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import Daemon, Upstream, basic_config, free_port
+from tests.conftest import Daemon, Upstream, basic_config, free_port, write_config
 
 FLAKY = "/test.Echo/Flaky"
 
@@ -216,3 +217,23 @@ def test_status_shows_breaker_and_counters(
     assert target["counters"]["retries"] == 2
     assert target["counters"]["faults"] == 3
     assert target["healthy"] is False
+
+
+def test_reload_keeps_the_breaker_of_an_unchanged_target(
+    daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream
+) -> None:
+    config = _config(short_dir, upstream, breaker={"failures": 1, "reset": "60s"})
+    d = daemon_factory(config)
+    upstream.outage = grpc.StatusCode.UNAVAILABLE
+    assert _code(d) is grpc.StatusCode.UNAVAILABLE
+    upstream.outage = None
+    config["log"] = {"level": "debug"}  # a change elsewhere; target `up` is the same
+    write_config(d.config_path, config)
+    d.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not any('"reloaded"' in ln for ln in d.log_lines()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    with pytest.raises(grpc.RpcError) as err:
+        _call(d)
+    assert "circuit open" in err.value.details()
