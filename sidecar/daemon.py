@@ -111,13 +111,13 @@ class Daemon:
             await self._swap_listeners(config.listeners)
         except SidecarError as e:
             log.error("reload refused, keeping the running config: %s", e)
-            self._spawn(runtime.close(0))
+            self._spawn(runtime.close(0, 0))
             self.notifier.ready()
             return
         old, self.runtime, self.config = self.runtime, runtime, config
         set_level(config.log.level)
         self.access_log.configure(config.log.access)
-        self._spawn(old.close(config.drain_timeout))
+        self._spawn(old.close(config.drain_timeout, config.drain_timeout))
         await self.health.refresh()
         self.notifier.ready()
         log.info("reloaded", extra={"fields": {"config": self.config_path}})
@@ -131,7 +131,8 @@ class Daemon:
         self.listeners.clear()
         for task in self._tasks:
             task.cancel()
-        await self.runtime.close(0)
+        # Listeners have drained: what is left is flushing accepted work (Kafka).
+        await self.runtime.close(0, self.config.drain_timeout)
         if self.admin is not None:
             await self.admin.close()
         log.info("stopped")

@@ -16,9 +16,10 @@ from sidecar._generated import sidecar_pb2, sidecar_pb2_grpc
 from sidecar.config import Listener
 from sidecar.errors import ListenerError
 from sidecar.runtime import Runtime
-from sidecar.services.api import HttpProxyService, PublisherService
 from sidecar.services.health import HealthReporter
+from sidecar.services.http_proxy import HttpProxyService
 from sidecar.services.proxy import TransparentProxy
+from sidecar.services.publisher import PublisherService
 from sidecar.telemetry.logging import AccessLog
 
 _SERVICE_NAMES = (
@@ -68,8 +69,10 @@ class ListenerServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        sidecar_pb2_grpc.add_HttpProxyServicer_to_server(HttpProxyService(), self.server)
-        sidecar_pb2_grpc.add_PublisherServicer_to_server(PublisherService(), self.server)
+        self.http = HttpProxyService(listener.name, runtime, access_log)
+        self.publisher = PublisherService(listener.name, runtime, access_log)
+        sidecar_pb2_grpc.add_HttpProxyServicer_to_server(self.http, self.server)
+        sidecar_pb2_grpc.add_PublisherServicer_to_server(self.publisher, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(health.servicer, self.server)
         reflection.enable_server_reflection(_SERVICE_NAMES, self.server)
         self.proxy = TransparentProxy(listener.name, runtime, access_log)
@@ -92,7 +95,8 @@ class ListenerServer:
         if listener.mode != self.listener.mode:
             os.chmod(listener.socket, listener.mode)
         self.listener = listener
-        self.proxy.listener = listener.name
+        for service in (self.proxy, self.http, self.publisher):
+            service.listener = listener.name
 
     async def stop(self, grace: float | None) -> None:
         """Stop accepting, let calls finish for `grace` seconds, remove the socket file."""

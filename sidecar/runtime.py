@@ -12,13 +12,17 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
-from sidecar.config import Config, GrpcTarget
+from sidecar.config import Config
+from sidecar.errors import InvalidRequestError, UnknownTargetError
 from sidecar.resilience.breaker import OPEN
 from sidecar.resilience.policy import TargetPolicy
 from sidecar.routing import Router
+from sidecar.upstreams import Upstream, build_upstream
 from sidecar.upstreams.grpc import GrpcUpstream
+
+U = TypeVar("U")
 
 
 class Runtime:
@@ -31,8 +35,11 @@ class Runtime:
         previous: Runtime | None = None,
     ) -> None:
         self.config = config
+        self.upstreams: dict[str, Upstream] = {
+            name: build_upstream(t) for name, t in config.targets.items()
+        }
         self.grpc: dict[str, GrpcUpstream] = {
-            name: GrpcUpstream(t) for name, t in config.targets.items() if isinstance(t, GrpcTarget)
+            n: u for n, u in self.upstreams.items() if isinstance(u, GrpcUpstream)
         }
         # A target whose config did not change keeps its breaker, budget and counters.
         kept: dict[str, TargetPolicy] = {} if previous is None else previous.policies
@@ -47,8 +54,19 @@ class Runtime:
         self._idle.set()
 
     async def start(self) -> None:
-        for upstream in self.grpc.values():
+        for upstream in self.upstreams.values():
             await upstream.start()
+
+    def upstream(self, name: str, kind: type[U]) -> U:
+        """The upstream of target `name`, which must be of `kind`."""
+        upstream = self.upstreams.get(name)
+        if upstream is None:
+            raise UnknownTargetError(f"unknown target {name!r}")
+        if not isinstance(upstream, kind):
+            raise InvalidRequestError(
+                f"target {name!r} is {upstream.kind}, not {kind.kind}"  # type: ignore[attr-defined]
+            )
+        return upstream
 
     def enter(self) -> None:
         self.in_flight += 1
@@ -59,25 +77,23 @@ class Runtime:
         if self.in_flight == 0:
             self._idle.set()
 
-    async def close(self, grace: float) -> None:
-        """Wait up to `grace` seconds for this runtime's calls, then close its upstreams."""
+    async def close(self, grace: float, flush: float) -> None:
+        """Wait up to `grace` seconds for this runtime's calls, then close its upstreams,
+        giving them `flush` seconds to finish what they accepted."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
-        for upstream in self.grpc.values():
-            await upstream.close()
+        await asyncio.gather(*(u.close(flush) for u in self.upstreams.values()))
 
     def target_status(self) -> dict[str, dict[str, Any]]:
         """Per target: kind, health, breaker, budget, in-flight, counters."""
         health = self.target_health()
         now = time.monotonic()
         out: dict[str, dict[str, Any]] = {}
-        for name, target in self.config.targets.items():
+        for name in self.config.targets:
             policy = self.policies[name]
-            upstream = self.grpc.get(name)
             counters = asdict(policy.counters)
             out[name] = {
-                "kind": target.kind,
-                **(upstream.stats() if upstream is not None else {}),
+                **self.upstreams[name].stats(),
                 "healthy": health[name],
                 "breaker": {
                     "state": policy.breaker.state,
@@ -94,7 +110,7 @@ class Runtime:
 
     def target_health(self) -> dict[str, bool]:
         """Health of every target: not while its breaker is open or it cannot connect."""
-        health = {name: p.breaker.state != OPEN for name, p in self.policies.items()}
-        for name, upstream in self.grpc.items():
-            health[name] = health[name] and upstream.health()
-        return health
+        return {
+            name: self.policies[name].breaker.state != OPEN and upstream.health()
+            for name, upstream in self.upstreams.items()
+        }

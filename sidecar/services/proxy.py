@@ -9,7 +9,6 @@ frame-level engine can replace this module without touching those.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -21,6 +20,7 @@ from sidecar.errors import SidecarError
 from sidecar.resilience.backoff import grpc_pushback
 from sidecar.resilience.policy import Attempt
 from sidecar.runtime import Runtime
+from sidecar.services.api_call import send_error
 from sidecar.services.replay import RequestReplay
 from sidecar.telemetry.logging import AccessLog
 from sidecar.upstreams.grpc import PUSHBACK_KEY, GrpcUpstream, classify, upstream_metadata
@@ -83,7 +83,7 @@ class TransparentProxy(grpc.GenericRpcHandler):
                 call.close()
         except SidecarError as e:
             status = e.grpc_status
-            await _fail(context, e, ctx.correlation_id)
+            await send_error(context, e, ctx.correlation_id)
         except asyncio.CancelledError:
             status = grpc.StatusCode.CANCELLED
             raise
@@ -186,11 +186,3 @@ async def _read(call: grpc.aio.StreamStreamCall) -> Any:
         return await call.read()
     except grpc.aio.AioRpcError:
         return grpc.aio.EOF
-
-
-async def _fail(context: grpc.aio.ServicerContext, error: SidecarError, correlation: str) -> None:
-    """End the caller's call with the daemon's own error."""
-    with contextlib.suppress(grpc.aio.UsageError, RuntimeError):
-        await context.send_initial_metadata((("correlation-id", correlation),))
-    context.set_code(error.grpc_status)
-    context.set_details(str(error))

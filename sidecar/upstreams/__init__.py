@@ -1,1 +1,42 @@
-"""One module per upstream kind, each with the same small shape: start, close, health, stats."""
+"""One module per upstream kind, each with the same small shape (`Upstream`)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from sidecar.config import GrpcTarget, HttpTarget, KafkaTarget, Target
+
+
+class Upstream(Protocol):
+    """What the runtime needs of every upstream kind."""
+
+    kind: str
+
+    async def start(self) -> None:
+        """Open pools and clients (connections may open lazily)."""
+
+    async def close(self, timeout: float) -> None:
+        """Finish what was accepted (flush) within `timeout` seconds, then release all."""
+
+    def health(self) -> bool:
+        """False while the target is known to be unreachable."""
+
+    def stats(self) -> dict[str, Any]:
+        """A JSON-ready view for /status (no secrets)."""
+
+
+def build_upstream(target: Target) -> Upstream:
+    """The registry: one line per kind."""
+    if isinstance(target, GrpcTarget):
+        from sidecar.upstreams.grpc import GrpcUpstream
+
+        return GrpcUpstream(target)
+    if isinstance(target, HttpTarget):
+        from sidecar.upstreams.http import HttpUpstream
+
+        return HttpUpstream(target)
+    if isinstance(target, KafkaTarget):
+        from sidecar.upstreams.kafka import KafkaUpstream
+
+        return KafkaUpstream(target)
+    raise TypeError(f"no upstream for target kind {target.kind}")

@@ -70,9 +70,9 @@ class GrpcUpstream:
             self._channels.append(channel)
             self._callables.append({})
 
-    async def close(self) -> None:
+    async def close(self, timeout: float) -> None:
         for channel in self._channels:
-            await channel.close(grace=None)
+            await channel.close(grace=timeout)
         self._channels.clear()
         self._callables.clear()
 
