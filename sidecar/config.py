@@ -16,6 +16,7 @@ MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes, the last one a NUL
 LOG_LEVELS = ("debug", "info", "warning", "error")
 GRPC_CODES = frozenset(code.name for code in grpc.StatusCode)
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +190,7 @@ class HttpTarget(Target):
     tls: Tls | None = None
     forward_authorization: bool = False
     health: HttpHealth | None = None
+    max_body: int = DEFAULT_MAX_BODY  # request and response bodies, each
 
     kind = "http"
 

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from sidecar.config import (
+    DEFAULT_MAX_BODY,
     GRPC_CODES,
     LOG_LEVELS,
     MAX_SOCKET_PATH,
@@ -48,6 +49,7 @@ KIND_KEYS = {
     "grpc": ("address", "tls", "forward_authorization", "pool"),
     "http": (
         "base_url", "unix_socket", "headers", "pool", "tls", "forward_authorization", "health",
+        "max_body",
     ),
     "kafka": ("bootstrap_servers", "topics", "producer", "max_message_bytes"),
 }
@@ -241,7 +243,8 @@ def _http_target(s: Section, name: str, policy: dict[str, Any]) -> HttpTarget:
     return HttpTarget(
         name=name, base_url=base_url, unix_socket=s.optional_string("unix_socket"),
         headers=tuple(s.string_map("headers").items()), pool=pool, tls=_tls(s),
-        forward_authorization=s.boolean("forward_authorization", False), health=health, **policy,
+        forward_authorization=s.boolean("forward_authorization", False), health=health,
+        max_body=s.size("max_body", DEFAULT_MAX_BODY), **policy,
     )
 
 

@@ -59,6 +59,8 @@ class Runtime:
 
     def upstream(self, name: str, kind: type[U]) -> U:
         """The upstream of target `name`, which must be of `kind`."""
+        if not name:
+            raise InvalidRequestError("target is required")
         upstream = self.upstreams.get(name)
         if upstream is None:
             raise UnknownTargetError(f"unknown target {name!r}")

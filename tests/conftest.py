@@ -23,6 +23,8 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
+# Fixture modules for other real servers (loaded after this module).
+pytest_plugins = ["tests.http_upstream"]
 
 
 @pytest.fixture

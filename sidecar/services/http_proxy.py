@@ -1,4 +1,4 @@
-"""sidecar.v1.HttpProxy: one HTTP call to an http target (work in progress)."""
+"""sidecar.v1.HttpProxy: one HTTP call through an http target's pooled client."""
 
 from __future__ import annotations
 
@@ -6,10 +6,40 @@ from typing import Any
 
 import grpc
 
-from sidecar._generated import sidecar_pb2_grpc
+from sidecar._generated import sidecar_pb2, sidecar_pb2_grpc
+from sidecar.context import CallContext
+from sidecar.errors import SidecarError
+from sidecar.resilience.policy import Attempt, TargetPolicy
 from sidecar.services.api_call import ApiService
+from sidecar.upstreams.http import HttpResult, HttpUpstream
+
+METHOD = "/sidecar.v1.HttpProxy/Call"
 
 
 class HttpProxyService(ApiService, sidecar_pb2_grpc.HttpProxyServicer):
     async def Call(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "http targets are not supported yet")
+        async def run(
+            upstream: HttpUpstream, ctx: CallContext, policy: TargetPolicy, deadline: float
+        ) -> Any:
+            call = upstream.prepare(
+                request.method, request.path, [(h.name, h.value) for h in request.headers],
+                request.body, ctx,
+            )
+            answer: HttpResult | SidecarError | None = None
+
+            async def attempt(time_left: float) -> Attempt:
+                nonlocal answer
+                verdict, answer = await upstream.attempt(call, time_left, deadline)
+                return verdict
+
+            await policy.run(deadline, attempt)
+            if isinstance(answer, SidecarError):
+                raise answer
+            assert answer is not None
+            return sidecar_pb2.HttpResponse(
+                status=answer.status,
+                headers=[sidecar_pb2.Header(name=k, value=v) for k, v in answer.headers],
+                body=answer.body,
+            )
+
+        return await self.serve(context, METHOD, request.target, HttpUpstream, run)

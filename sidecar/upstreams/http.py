@@ -1,26 +1,258 @@
-"""Upstream HTTP targets (work in progress: HttpProxy.Call)."""
+"""Upstream HTTP targets: one pooled aiohttp session per target.
+
+An upstream status (404, 503, ...) is data for the caller; only a failure
+to get an answer is an error. Bodies are bounded by `max_body` both ways,
+and a response over it is refused before it is read.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import re
+import ssl
+import time
+from dataclasses import dataclass
 from typing import Any
 
-from sidecar.config import HttpTarget
+import aiohttp
+from yarl import URL
+
+from sidecar.config import IDEMPOTENT_METHODS, HttpTarget, Tls
+from sidecar.context import CallContext
+from sidecar.errors import (
+    InvalidRequestError,
+    LimitExceededError,
+    SidecarError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from sidecar.resilience.backoff import retry_after
+from sidecar.resilience.policy import Attempt
+
+log = logging.getLogger("sidecar.http")
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Hop-by-hop headers (RFC 9110 7.6.1) and those the client computes itself.
+_HOP = frozenset({
+    "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+    "proxy-connection", "proxy-authenticate", "proxy-authorization", "host", "content-length",
+})
+_RETRY_STATUSES = frozenset({502, 503, 504})
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_CHUNK = 64 * 1024
+
+
+@dataclass(slots=True)
+class HttpResult:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(slots=True)
+class HttpCall:
+    """A validated request, ready for one or more attempts."""
+
+    method: str
+    url: URL
+    headers: list[tuple[str, str]]
+    body: bytes
+    idempotent: bool
 
 
 class HttpUpstream:
+    """A pooled aiohttp client for one target, with an optional active health check."""
+
     kind = "http"
 
     def __init__(self, target: HttpTarget) -> None:
         self.target = target
+        self._session: aiohttp.ClientSession | None = None
+        self._healthy = True
+        self._checker: asyncio.Task[None] | None = None
+        self._base = target.base_url.rstrip("/")
+        self._drop = _HOP | {
+            target.metadata.user_id.lower(), target.metadata.correlation_id.lower(),
+            target.metadata.request_id.lower(), "traceparent", "tracestate",
+        } | {name.lower() for name, _ in target.headers}
+        self._retry_statuses = _RETRY_STATUSES | {
+            c for c in target.retry.on if isinstance(c, int)
+        }
 
     async def start(self) -> None:
-        return None
+        pool = self.target.pool
+        connector: aiohttp.BaseConnector
+        if self.target.unix_socket is not None:
+            connector = aiohttp.UnixConnector(
+                path=self.target.unix_socket, limit=pool.max_connections,
+                limit_per_host=pool.max_per_host, keepalive_timeout=pool.keepalive,
+            )
+        else:
+            connector = aiohttp.TCPConnector(
+                limit=pool.max_connections, limit_per_host=pool.max_per_host,
+                keepalive_timeout=pool.keepalive, ttl_dns_cache=int(pool.dns_ttl),
+                ssl=_ssl_context(self.target.tls),
+            )
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
+        )
+        if self.target.health is not None:
+            self._checker = asyncio.ensure_future(self._check_health())
 
     async def close(self, timeout: float) -> None:
-        return None
+        if self._checker is not None:
+            self._checker.cancel()
+        if self._session is not None:
+            await self._session.close()
 
     def health(self) -> bool:
-        return True
+        return self._healthy
 
     def stats(self) -> dict[str, Any]:
-        return {"kind": self.kind, "address": self.target.base_url}
+        where = self.target.base_url
+        if self.target.unix_socket:
+            where = f"{where} via unix:{self.target.unix_socket}"
+        return {"kind": self.kind, "address": where}
+
+    def prepare(
+        self, method: str, path: str, headers: list[tuple[str, str]], body: bytes,
+        ctx: CallContext,
+    ) -> HttpCall:
+        """Validate the caller's request and add the target's and the contract's headers."""
+        name = self.target.name
+        method = method.upper()
+        if method not in METHODS:
+            raise InvalidRequestError(f"target {name!r}: unsupported HTTP method {method!r}")
+        if not path.startswith("/"):
+            raise InvalidRequestError(f"target {name!r}: path must start with '/'")
+        if len(body) > self.target.max_body:
+            raise LimitExceededError(
+                f"target {name!r}: request body of {len(body)} bytes is over max_body "
+                f"({self.target.max_body})"
+            )
+        try:
+            url = URL(self._base + path, encoded=True)
+        except ValueError as e:
+            raise InvalidRequestError(f"target {name!r}: invalid path") from e
+        out = []
+        for key, value in headers:
+            if not _HEADER_NAME.match(key) or "\n" in value or "\r" in value:
+                raise InvalidRequestError(f"target {name!r}: invalid header {key[:40]!r}")
+            if key.lower() not in self._drop:
+                out.append((key, value))
+        out.extend(self.target.headers)
+        names = self.target.metadata
+        if ctx.user_id:
+            out.append((names.user_id, ctx.user_id))
+        out.append((names.correlation_id, ctx.correlation_id))
+        out.append((names.request_id, ctx.request_id))
+        out.append(("traceparent", ctx.traceparent))
+        if ctx.tracestate:
+            out.append(("tracestate", ctx.tracestate))
+        if (self.target.forward_authorization and ctx.authorization
+                and not any(k.lower() == "authorization" for k, _ in out)):
+            out.append(("Authorization", ctx.authorization))
+        idempotent = method in IDEMPOTENT_METHODS or self.target.retry.non_idempotent
+        return HttpCall(method, url, out, body, idempotent)
+
+    async def attempt(
+        self, call: HttpCall, time_left: float, deadline: float
+    ) -> tuple[Attempt, HttpResult | SidecarError]:
+        """One try: the verdict for the resilience layer and the answer (or error) so far."""
+        assert self._session is not None
+        name = self.target.name
+        tls = self.target.tls
+        try:
+            async with self._session.request(
+                call.method, call.url, headers=call.headers, data=call.body or None,
+                allow_redirects=False, timeout=aiohttp.ClientTimeout(total=time_left),
+                server_hostname=tls.server_name if tls else None,
+            ) as response:
+                result = HttpResult(
+                    response.status,
+                    [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP],
+                    await self._read_body(response),
+                )
+        except LimitExceededError as e:
+            return Attempt(ok=False), e
+        except aiohttp.ClientConnectorError as e:  # never reached the server: safe to repeat
+            return (Attempt(ok=False, fault=True, retryable=True),
+                    UpstreamUnavailableError(f"target {name!r} unreachable: {_reason(e)}"))
+        except (aiohttp.ClientError, OSError) as e:
+            return (Attempt(ok=False, fault=True, retryable=call.idempotent),
+                    UpstreamUnavailableError(f"target {name!r}: {_reason(e)}"))
+        except TimeoutError:
+            error: SidecarError = (
+                UpstreamTimeoutError(f"target {name!r}: deadline exceeded")
+                if time.monotonic() >= deadline
+                else UpstreamUnavailableError(f"target {name!r}: attempt timed out")
+            )
+            return Attempt(ok=False, fault=True, retryable=call.idempotent), error
+        status = result.status
+        retryable = call.idempotent and status in self._retry_statuses
+        pushback = None
+        if retryable:
+            pushback = retry_after(response.headers.get("Retry-After"), time.time())
+        return Attempt(ok=status < 500, fault=status >= 500, retryable=retryable,
+                       pushback=pushback), result
+
+    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
+        limit = self.target.max_body
+        too_big = LimitExceededError(
+            f"target {self.target.name!r}: response body is over max_body ({limit} bytes)"
+        )
+        if response.content_length is not None and response.content_length > limit:
+            response.close()  # drop the connection rather than read what we would refuse
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in response.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                response.close()
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _check_health(self) -> None:
+        health = self.target.health
+        assert health is not None and self._session is not None
+        url = URL(self._base + health.path, encoded=True)
+        while True:
+            try:
+                async with self._session.get(
+                    url, timeout=aiohttp.ClientTimeout(total=health.timeout),
+                    allow_redirects=False,
+                ) as response:
+                    healthy = response.status < 400
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                healthy = False
+            if healthy != self._healthy:
+                log.warning("health check %s", "passing" if healthy else "failing",
+                            extra={"fields": {"target": self.target.name}})
+            self._healthy = healthy
+            await asyncio.sleep(health.interval)
+
+
+def _reason(error: BaseException) -> str:
+    """A short, safe reason: the OS error's words, never a URL with credentials."""
+    if isinstance(error, aiohttp.ClientConnectorError):
+        error = error.os_error
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return "connection closed by upstream"
+    if isinstance(error, OSError) and error.errno:
+        return os.strerror(error.errno).lower()
+    return "connection failed"
+
+
+def _ssl_context(tls: Tls | None) -> ssl.SSLContext | bool:
+    if tls is None:
+        return True  # https:// base_urls verify against the system's roots
+    context = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.cert_file and tls.key_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
