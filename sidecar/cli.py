@@ -163,3 +163,14 @@ def publish(socket_path: str, target: str, topic: str, key: str | None, value: s
         except grpc.RpcError as e:
             _fail_rpc(e)
     click.echo(f"topic={reply.topic} partition={reply.partition} offset={reply.offset}")
+
+
+@main.command()
+@click.option("--socket-dir", default=None, type=click.Path(file_okay=False),
+              help="Where the demo's temporary folder (sockets, config, logs) goes [/tmp].")
+@click.option("--no-kafka", is_flag=True, help="Skip the Kafka broker and target.")
+def demo(socket_dir: str | None, no_kafka: bool) -> None:
+    """Run the daemon with local demo upstreams (HTTP, gRPC, Kafka) and print commands to try."""
+    from sidecar.demo import run_demo
+
+    sys.exit(run_demo(click.echo, socket_dir=socket_dir, kafka=not no_kafka))

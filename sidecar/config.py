@@ -69,8 +69,14 @@ class Tracing:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Telemetry:
     tracing: Tracing = field(default_factory=Tracing)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from sidecar.config import (
     Listener,
     Log,
     MetadataNames,
+    MetricsConfig,
     Producer,
     Retry,
     Route,
@@ -92,7 +93,7 @@ def parse_config(
         admin=_admin(top),
         drain_timeout=top.duration("drain_timeout", 10.0, allow_zero=True),
         log=_log(top.section("log", ("level", "access"))),
-        telemetry=_telemetry(top.section("telemetry", ("tracing",))),
+        telemetry=_telemetry(top.section("telemetry", ("tracing", "metrics"))),
         defaults=defaults,
         source=source,
     )
@@ -398,9 +399,11 @@ def _log(s: Section) -> Log:
 
 def _telemetry(s: Section) -> Telemetry:
     t = s.section("tracing", ("otlp_endpoint", "sample_ratio"))
+    m = s.section("metrics", ("enabled",))
     return Telemetry(
-        Tracing(
+        tracing=Tracing(
             otlp_endpoint=t.optional_string("otlp_endpoint"),
             sample_ratio=t.number("sample_ratio", 1.0, maximum=1.0),
-        )
+        ),
+        metrics=MetricsConfig(enabled=m.boolean("enabled", True)),
     )

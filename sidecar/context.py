@@ -12,9 +12,13 @@ import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sidecar.config import Identity
 from sidecar.errors import UnauthenticatedError
+
+if TYPE_CHECKING:
+    from sidecar.telemetry.tracing import CallTrace
 
 TARGET_KEY = "sidecar-target"
 _USER_KEYS = ("x-user-id", "user-id")
@@ -45,13 +49,26 @@ class CallContext:
     span_id: str  # the daemon's span: the upstream's parent
     trace_flags: str
     tracestate: str | None
+    continued: bool  # the caller sent a valid traceparent
+    parent_span_id: str  # the caller's span, when continued
     authorization: str | None
     target_hint: str | None  # caller's `sidecar-target`
     passthrough: list[tuple[str, str | bytes]]  # caller metadata forwarded as is
+    trace: CallTrace | None = None  # set when tracing is on
 
     @property
     def traceparent(self) -> str:
         return f"00-{self.trace_id}-{self.span_id}-{self.trace_flags}"
+
+    def begin_attempt(self, target: str) -> str:
+        """The traceparent for one upstream attempt (its own span when tracing is on)."""
+        if self.trace is None:
+            return self.traceparent
+        return self.trace.begin_attempt(target)
+
+    def end_attempt(self, error: str | None) -> None:
+        if self.trace is not None:
+            self.trace.end_attempt(error)
 
 
 def build_context(metadata: Iterable[tuple[str, str | bytes]], identity: Identity) -> CallContext:
@@ -78,7 +95,8 @@ def build_context(metadata: Iterable[tuple[str, str | bytes]], identity: Identit
     user = caller_user if identity.trust_caller and caller_user else identity.user_id
     if correlation is None or not _CORRELATION.fullmatch(correlation):
         correlation = str(uuid.uuid4())
-    trace_id, flags, continued = _continue_trace(traceparent)
+    trace_id, parent, flags = _continue_trace(traceparent)
+    continued = parent is not None
     return CallContext(
         user_id=user,
         correlation_id=correlation,
@@ -87,6 +105,8 @@ def build_context(metadata: Iterable[tuple[str, str | bytes]], identity: Identit
         span_id=new_span_id(),
         trace_flags=flags,
         tracestate=tracestate if continued else None,
+        continued=continued,
+        parent_span_id=parent or "",
         authorization=authorization,
         target_hint=hint,
         passthrough=passthrough,
@@ -105,10 +125,10 @@ def new_span_id() -> str:
     return os.urandom(8).hex()
 
 
-def _continue_trace(traceparent: str | None) -> tuple[str, str, bool]:
-    """Trace id, flags, and whether the caller's valid traceparent was continued."""
+def _continue_trace(traceparent: str | None) -> tuple[str, str | None, str]:
+    """Trace id, the caller's span id (None for a new trace), and flags."""
     if traceparent is not None:
         m = _TRACEPARENT.fullmatch(traceparent.strip())
         if m and m[1] != "ff" and m[2] != _ZERO_TRACE and m[3] != _ZERO_SPAN:
-            return m[2], m[4], True
-    return os.urandom(16).hex(), "01", False
+            return m[2], m[3], m[4]
+    return os.urandom(16).hex(), None, "01"

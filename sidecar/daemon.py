@@ -23,7 +23,8 @@ from sidecar.runtime import Runtime
 from sidecar.services.health import HealthReporter
 from sidecar.systemd import Notifier
 from sidecar.telemetry.admin import AdminServer
-from sidecar.telemetry.logging import AccessLog, set_level
+from sidecar.telemetry.hub import Telemetry
+from sidecar.telemetry.logging import set_level
 
 log = logging.getLogger("sidecar")
 _HEALTH_REFRESH = 1.0  # seconds between target health updates
@@ -36,7 +37,7 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.runtime = Runtime(config, self._breaker_changed)
-        self.access_log = AccessLog(config.log.access)
+        self.telemetry = Telemetry(config, lambda: self.runtime.policies)
         self.health = HealthReporter(lambda: self.runtime.target_health())
         self.notifier = Notifier()
         self.listeners: dict[str, ListenerServer] = {}
@@ -72,7 +73,8 @@ class Daemon:
         for listener in self.config.listeners:
             self.listeners[listener.name] = await self._start_listener(listener)
         if self.config.admin.enabled:
-            self.admin = AdminServer(self.config.admin, self.readiness, self.status)
+            self.admin = AdminServer(self.config.admin, self.readiness, self.status,
+                                     self.telemetry.metrics.render)
             await self.admin.start()
         await self.health.refresh()
         self._spawn(self._refresh_health())
@@ -116,7 +118,7 @@ class Daemon:
             return
         old, self.runtime, self.config = self.runtime, runtime, config
         set_level(config.log.level)
-        self.access_log.configure(config.log.access)
+        self.telemetry.access.configure(config.log.access)
         self._spawn(old.close(config.drain_timeout, config.drain_timeout))
         await self.health.refresh()
         self.notifier.ready()
@@ -135,6 +137,7 @@ class Daemon:
         await self.runtime.close(0, self.config.drain_timeout)
         if self.admin is not None:
             await self.admin.close()
+        self.telemetry.shutdown()
         log.info("stopped")
 
     def readiness(self) -> tuple[bool, list[str]]:
@@ -164,7 +167,7 @@ class Daemon:
 
     async def _start_listener(self, listener: Listener) -> ListenerServer:
         server = ListenerServer(
-            listener, self.config.max_message, lambda: self.runtime, self.health, self.access_log
+            listener, self.config.max_message, lambda: self.runtime, self.health, self.telemetry
         )
         await server.start()
         return server

@@ -20,7 +20,7 @@ from sidecar.services.health import HealthReporter
 from sidecar.services.http_proxy import HttpProxyService
 from sidecar.services.proxy import TransparentProxy
 from sidecar.services.publisher import PublisherService
-from sidecar.telemetry.logging import AccessLog
+from sidecar.telemetry.hub import Telemetry
 
 _SERVICE_NAMES = (
     sidecar_pb2.DESCRIPTOR.services_by_name["HttpProxy"].full_name,
@@ -59,7 +59,7 @@ class ListenerServer:
         max_message: int,
         runtime: Callable[[], Runtime],
         health: HealthReporter,
-        access_log: AccessLog,
+        telemetry: Telemetry,
     ) -> None:
         self.listener = listener
         self.server = grpc.aio.server(
@@ -69,13 +69,13 @@ class ListenerServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        self.http = HttpProxyService(listener.name, runtime, access_log)
-        self.publisher = PublisherService(listener.name, runtime, access_log)
+        self.http = HttpProxyService(listener.name, runtime, telemetry)
+        self.publisher = PublisherService(listener.name, runtime, telemetry)
         sidecar_pb2_grpc.add_HttpProxyServicer_to_server(self.http, self.server)
         sidecar_pb2_grpc.add_PublisherServicer_to_server(self.publisher, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(health.servicer, self.server)
         reflection.enable_server_reflection(_SERVICE_NAMES, self.server)
-        self.proxy = TransparentProxy(listener.name, runtime, access_log)
+        self.proxy = TransparentProxy(listener.name, runtime, telemetry)
         self.server.add_generic_rpc_handlers((self.proxy,))
 
     async def start(self) -> None:

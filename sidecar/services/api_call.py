@@ -13,7 +13,7 @@ from sidecar.context import CallContext, build_context, require_identity
 from sidecar.errors import SidecarError
 from sidecar.resilience.policy import TargetPolicy
 from sidecar.runtime import Runtime
-from sidecar.telemetry.logging import AccessLog
+from sidecar.telemetry.hub import Telemetry
 
 U = TypeVar("U")
 T = TypeVar("T")
@@ -24,11 +24,11 @@ class ApiService:
     """Base of the daemon's own servicers on one listener."""
 
     def __init__(
-        self, listener: str, runtime: Callable[[], Runtime], access_log: AccessLog
+        self, listener: str, runtime: Callable[[], Runtime], telemetry: Telemetry
     ) -> None:
         self.listener = listener
         self._runtime = runtime
-        self._access = access_log
+        self.telemetry = telemetry
 
     async def serve(
         self,
@@ -37,16 +37,21 @@ class ApiService:
         target: str,
         kind: type[U],
         run: Callable[[U, CallContext, TargetPolicy, float], Awaitable[T]],
+        attributes: dict[str, Any] | None = None,
     ) -> T:
-        """Run `run(upstream, ctx, policy, deadline)` for target `target` under its policy."""
+        """Run `run(upstream, ctx, policy, deadline)` for target `target` under its policy;
+        `run` may add metric attributes (an HTTP status, ...) to `attributes`."""
         started = time.monotonic()
         runtime = self._runtime()
         runtime.enter()
-        identity = runtime.routers[self.listener].listener.identity
+        listener = self.listener
+        identity = runtime.routers[listener].listener.identity
         ctx = build_context(context.invocation_metadata() or (), identity)
+        self.telemetry.begin(listener, method, ctx)
         status = grpc.StatusCode.OK
+        target_kind = runtime.config.targets.get(target)
         try:
-            require_identity(ctx, identity, self.listener)
+            require_identity(ctx, identity, listener)
             upstream = runtime.upstream(target, kind)
             policy = runtime.policies[target]
             remaining = context.time_remaining()
@@ -67,12 +72,11 @@ class ApiService:
             raise AssertionError("abort returns never") from e
         finally:
             runtime.leave()
-            if self._access.enabled:
-                self._access.call(
-                    listener=self.listener, method=method, target=target or None,
-                    status=status.name, started=started, correlation_id=ctx.correlation_id,
-                    request_id=ctx.request_id,
-                )
+            self.telemetry.end(
+                listener, method, target or None,
+                target_kind.kind if target_kind is not None else None,
+                status, started, ctx, attributes,
+            )
 
 
 async def send_error(context: Any, error: SidecarError, correlation: str) -> None:

@@ -26,20 +26,26 @@ class HttpProxyService(ApiService, sidecar_pb2_grpc.HttpProxyServicer):
                 request.body, ctx,
             )
             answer: HttpResult | SidecarError | None = None
+            target = upstream.target.name
 
             async def attempt(time_left: float) -> Attempt:
                 nonlocal answer
+                call.headers[call.trace_at] = ("traceparent", ctx.begin_attempt(target))
                 verdict, answer = await upstream.attempt(call, time_left, deadline)
+                ctx.end_attempt(str(answer) if isinstance(answer, SidecarError) else None)
                 return verdict
 
             await policy.run(deadline, attempt)
+            attributes["http.request.method"] = call.method
             if isinstance(answer, SidecarError):
                 raise answer
             assert answer is not None
+            attributes["http.response.status_code"] = answer.status
             return sidecar_pb2.HttpResponse(
                 status=answer.status,
                 headers=[sidecar_pb2.Header(name=k, value=v) for k, v in answer.headers],
                 body=answer.body,
             )
 
-        return await self.serve(context, METHOD, request.target, HttpUpstream, run)
+        attributes: dict[str, Any] = {}
+        return await self.serve(context, METHOD, request.target, HttpUpstream, run, attributes)

@@ -15,14 +15,14 @@ from typing import Any
 
 import grpc
 
-from sidecar.context import build_context, require_identity
+from sidecar.context import CallContext, build_context, require_identity
 from sidecar.errors import SidecarError
 from sidecar.resilience.backoff import grpc_pushback
 from sidecar.resilience.policy import Attempt
 from sidecar.runtime import Runtime
 from sidecar.services.api_call import send_error
 from sidecar.services.replay import RequestReplay
-from sidecar.telemetry.logging import AccessLog
+from sidecar.telemetry.hub import Telemetry
 from sidecar.upstreams.grpc import PUSHBACK_KEY, GrpcUpstream, classify, upstream_metadata
 
 _CACHE_LIMIT = 4096  # method handlers kept per listener
@@ -33,11 +33,11 @@ class TransparentProxy(grpc.GenericRpcHandler):
     """Forwards every unknown method of one listener; handlers built once per method."""
 
     def __init__(
-        self, listener: str, runtime: Callable[[], Runtime], access_log: AccessLog
+        self, listener: str, runtime: Callable[[], Runtime], telemetry: Telemetry
     ) -> None:
         self.listener = listener
         self._runtime = runtime
-        self._access = access_log
+        self._telemetry = telemetry
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
@@ -58,19 +58,20 @@ class TransparentProxy(grpc.GenericRpcHandler):
         started = time.monotonic()
         runtime = self._runtime()
         runtime.enter()
-        router = runtime.routers[self.listener]
+        listener = self.listener
+        router = runtime.routers[listener]
         ctx = build_context(context.invocation_metadata() or (), router.listener.identity)
+        self._telemetry.begin(listener, method, ctx)
         target: str | None = None
         status = grpc.StatusCode.OK
         try:
-            require_identity(ctx, router.listener.identity, self.listener)
+            require_identity(ctx, router.listener.identity, listener)
             target = router.route(method, ctx.target_hint)
             upstream = runtime.grpc[target]
             policy = runtime.policies[target]
             remaining = context.time_remaining()
             deadline = started + (upstream.target.timeout if remaining is None else remaining)
-            call = _ProxiedCall(upstream, method, upstream_metadata(ctx, upstream.target),
-                                requests, context, ("correlation-id", ctx.correlation_id))
+            call = _ProxiedCall(upstream, method, ctx, requests, context)
             policy.admit()
             try:
                 await policy.run(deadline, call.attempt)
@@ -89,12 +90,8 @@ class TransparentProxy(grpc.GenericRpcHandler):
             raise
         finally:
             runtime.leave()
-            if self._access.enabled:
-                self._access.call(
-                    listener=self.listener, method=method, target=target, status=status.name,
-                    started=started, correlation_id=ctx.correlation_id,
-                    request_id=ctx.request_id,
-                )
+            self._telemetry.end(listener, method, target, "grpc" if target else None, status,
+                                started, ctx)
 
 
 class _ProxiedCall:
@@ -104,17 +101,18 @@ class _ProxiedCall:
         self,
         upstream: GrpcUpstream,
         method: str,
-        metadata: list[tuple[str, str | bytes]],
+        ctx: CallContext,
         requests: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
-        correlation: tuple[str, str],
     ) -> None:
         self._upstream = upstream
         self._method = method
-        self._metadata = metadata
+        self._ctx = ctx
+        self._metadata = upstream_metadata(ctx, upstream.target)
+        self._trace_at = self._metadata.index(("traceparent", ctx.traceparent))
         self._requests = RequestReplay(requests, upstream.target.limits.max_message)
         self._context = context
-        self._correlation = correlation
+        self._correlation = ("correlation-id", ctx.correlation_id)
         self._headers: Metadata = ()
         self._committed = False
         self._code = grpc.StatusCode.UNKNOWN
@@ -125,6 +123,8 @@ class _ProxiedCall:
     async def attempt(self, time_left: float) -> Attempt:
         """Run one upstream try; stream to the caller once its first message arrives."""
         deadline = time.monotonic() + time_left
+        self._metadata[self._trace_at] = (
+            "traceparent", self._ctx.begin_attempt(self._upstream.target.name))
         call = self._upstream.open(self._method, self._metadata, time_left)
         self._requests.attach(call)
         try:
@@ -140,6 +140,7 @@ class _ProxiedCall:
         finally:
             if not call.done():
                 call.cancel()
+            self._ctx.end_attempt(None if self._code is grpc.StatusCode.OK else self._code.name)
         self._error = self._upstream.translate(
             self._code, self._details, bool(self._headers), time.monotonic() >= deadline
         )

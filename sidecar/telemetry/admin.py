@@ -1,4 +1,4 @@
-"""Admin HTTP endpoint: /healthz, /readyz, /status (aiohttp, TCP or Unix socket)."""
+"""Admin HTTP endpoint: /healthz, /readyz, /metrics, /status (aiohttp, TCP or Unix socket)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from sidecar.config import Admin
 
@@ -17,14 +18,16 @@ class AdminServer:
     """Serves the daemon's state; `state()` is read per request."""
 
     def __init__(self, admin: Admin, ready: Callable[[], tuple[bool, list[str]]],
-                 status: Callable[[], dict[str, Any]]) -> None:
+                 status: Callable[[], dict[str, Any]], metrics: Callable[[], bytes]) -> None:
         self._admin = admin
         self._ready = ready
         self._status = status
+        self._metrics = metrics
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/status", self._status_json)
+        app.router.add_get("/metrics", self._metrics_text)
         self._runner = web.AppRunner(app, access_log=None)
 
     async def start(self) -> None:
@@ -52,6 +55,9 @@ class AdminServer:
         body = orjson.dumps({"ready": ready, "reasons": reasons})
         return web.Response(body=body, status=200 if ready else 503,
                             content_type="application/json")
+
+    async def _metrics_text(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _status_json(self, request: web.Request) -> web.Response:
         body = orjson.dumps(self._status(), option=orjson.OPT_INDENT_2)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
 
 LOGGER = "sidecar"
+# (correlation id, trace id) of the call the current task serves, for every log line.
+CALL_FIELDS: ContextVar[tuple[str, str] | None] = ContextVar("sidecar_call", default=None)
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
@@ -28,6 +30,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        call = CALL_FIELDS.get()
+        if call is not None:
+            entry["correlation_id"], entry["trace_id"] = call
         fields = getattr(record, "fields", None)
         if fields:
             entry.update(fields)
@@ -71,16 +76,16 @@ class AccessLog:
         method: str,
         target: str | None,
         status: str,
-        started: float,
-        correlation_id: str | None,
-        request_id: str | None,
+        duration: float,
+        correlation_id: str,
+        request_id: str,
+        trace_id: str,
     ) -> None:
-        duration_ms = round((time.monotonic() - started) * 1000, 3)
         self._logger.info(
             "call",
             extra={"fields": {
                 "listener": listener, "method": method, "target": target, "status": status,
-                "duration_ms": duration_ms, "correlation_id": correlation_id,
-                "request_id": request_id,
+                "duration_ms": round(duration * 1000, 3), "correlation_id": correlation_id,
+                "request_id": request_id, "trace_id": trace_id,
             }},
         )

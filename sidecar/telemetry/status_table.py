@@ -35,9 +35,16 @@ def render(data: dict[str, Any], as_json: bool) -> str:
     lines += _table(["name", "socket", "mode"],
                     [[ls["name"], ls["socket"], ls["mode"]] for ls in data["listeners"]])
     lines += ["", "TARGETS"]
-    rows = [[name, t["kind"], t.get("address", "-"), "yes" if t["healthy"] else "NO"]
-            for name, t in data["targets"].items()]
-    lines += _table(["name", "kind", "address", "healthy"], rows)
+    rows = [
+        [name, t["kind"], t.get("address", "-"), "yes" if t["healthy"] else "NO",
+         f"{t['breaker']['state']} {t['breaker']['for_s']:.0f}s", str(t["in_flight"]),
+         f"{t['retry_budget']:.0f}", str(t["counters"]["requests"]),
+         str(t["counters"]["retries"]), str(t["counters"]["shed"]),
+         t["last_error"] or "-"]
+        for name, t in data["targets"].items()
+    ]
+    lines += _table(["name", "kind", "address", "healthy", "breaker", "in-flight", "budget",
+                     "requests", "retries", "shed", "last error"], rows)
     return "\n".join(lines)
 
 

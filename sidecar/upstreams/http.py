@@ -60,6 +60,7 @@ class HttpCall:
     headers: list[tuple[str, str]]
     body: bytes
     idempotent: bool
+    trace_at: int  # where `traceparent` is in headers: each attempt sends its own
 
 
 class HttpUpstream:
@@ -111,7 +112,7 @@ class HttpUpstream:
         return self._healthy
 
     def stats(self) -> dict[str, Any]:
-        where = self.target.base_url
+        where = str(URL(self.target.base_url).with_user(None))  # never show credentials
         if self.target.unix_socket:
             where = f"{where} via unix:{self.target.unix_socket}"
         return {"kind": self.kind, "address": where}
@@ -148,6 +149,7 @@ class HttpUpstream:
             out.append((names.user_id, ctx.user_id))
         out.append((names.correlation_id, ctx.correlation_id))
         out.append((names.request_id, ctx.request_id))
+        trace_at = len(out)
         out.append(("traceparent", ctx.traceparent))
         if ctx.tracestate:
             out.append(("tracestate", ctx.tracestate))
@@ -155,7 +157,7 @@ class HttpUpstream:
                 and not any(k.lower() == "authorization" for k, _ in out)):
             out.append(("Authorization", ctx.authorization))
         idempotent = method in IDEMPOTENT_METHODS or self.target.retry.non_idempotent
-        return HttpCall(method, url, out, body, idempotent)
+        return HttpCall(method, url, out, body, idempotent, trace_at)
 
     async def attempt(
         self, call: HttpCall, time_left: float, deadline: float

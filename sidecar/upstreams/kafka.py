@@ -1,26 +1,362 @@
-"""Upstream Kafka targets (work in progress: Publisher)."""
+"""Upstream Kafka targets: one librdkafka producer per target, shared by every caller.
+
+librdkafka batches, retries within `producer.delivery_timeout` and (by
+default) deduplicates with an idempotent producer, so the daemon never
+re-publishes. `produce()` only enqueues and runs on the event loop; one
+thread per upstream serves delivery reports, stats and logs, and wakes the
+loop once per finished call. Delivery errors are translated here into our
+errors naming the target; nothing above this module sees a librdkafka type.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, NamedTuple
+
+import grpc
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from sidecar.config import KafkaTarget
+from sidecar.errors import (
+    ConfigError,
+    InvalidRequestError,
+    LimitExceededError,
+    SidecarError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from sidecar.resilience.policy import Attempt
+
+log = logging.getLogger("sidecar.kafka")
+
+_POLL = 0.1  # seconds a poll blocks: how soon the delivery thread notices close()
+_STATS_MS = 1000  # broker states for health(), and the stuck-producer check
+_QUEUE_MESSAGES = 100_000  # librdkafka's own default; the byte bound below is ours
+_QUEUE_KBYTES = 64 * 1024
+_FRAMING = 64 * 1024  # message.max.bytes headroom over max_message_bytes (record framing)
+_STUCK_EPOCH_BUMPS = 5  # per stats interval: the brokers keep refusing our producer id
+_REPLY_MARGIN = 0.05  # seconds before the caller's deadline we answer ourselves
+_CONNECTED = frozenset({"UP", "UPDATE"})
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE})
+_NO_TOPIC = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
+_DOWN_REASONS = {
+    KafkaError._ALL_BROKERS_DOWN: "all brokers down",
+    KafkaError._RESOLVE: "broker name not resolved",
+    KafkaError._AUTHENTICATION: "authentication failed",
+    KafkaError._SSL: "TLS handshake failed",
+}
+
+
+class TopicDeniedError(InvalidRequestError):
+    """PERMISSION_DENIED: a topic the target's `topics` allow-list (or the broker) refuses."""
+
+    grpc_status = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Delivered(NamedTuple):
+    partition: int
+    offset: int
+
+
+class OutgoingMessage(NamedTuple):
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, str | bytes | None]]
+    partition: int  # -1: the partitioner chooses
+
+
+Outcome = Delivered | SidecarError
+
+
+class _Pending:
+    """One call's delivery reports, filled in by the delivery thread (or at enqueue)."""
+
+    __slots__ = ("done", "left", "lock", "loop", "results", "target", "topic")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, target: str, topic: str, n: int) -> None:
+        self.loop = loop
+        self.target = target
+        self.topic = topic
+        self.results: list[Outcome | None] = [None] * n
+        self.left = n
+        self.lock = threading.Lock()
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    def report(self, index: int, err: KafkaError | None, msg: Message) -> None:
+        """librdkafka's delivery callback (delivery thread)."""
+        if err is None:
+            self.results[index] = Delivered(msg.partition() or 0, msg.offset() or 0)
+        else:
+            self.results[index] = delivery_error(self.target, self.topic, err)
+        if self._count_down():
+            self.loop.call_soon_threadsafe(_finish, self.done)
+
+    def fail(self, index: int, error: SidecarError) -> None:
+        """A message that never made it into the queue (event loop thread)."""
+        self.results[index] = error
+        if self._count_down():
+            _finish(self.done)
+
+    def _count_down(self) -> bool:
+        with self.lock:
+            self.left -= 1
+            return self.left == 0
+
+
+def _finish(done: asyncio.Future[None]) -> None:
+    if not done.done():  # cancelled when the caller's deadline came first
+        done.set_result(None)
 
 
 class KafkaUpstream:
+    """The producer of one kafka target, its delivery thread, and broker reachability."""
+
     kind = "kafka"
 
     def __init__(self, target: KafkaTarget) -> None:
         self.target = target
+        self._config = producer_config(target)
+        self._producer: Producer | None = None
+        self._retired: list[Producer] = []  # replaced producers, polled until empty
+        self._generation = 0
+        self._epochs = -1
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._flush_timeout = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._brokers_up = True  # until librdkafka's first stats say otherwise
+        self._down_reason: str | None = None
+        self.replaced = 0
 
     async def start(self) -> None:
-        return None
+        self._loop = asyncio.get_running_loop()
+        self._producer = self._new_producer()
+        self._thread = threading.Thread(
+            target=self._serve, name=f"kafka-{self.target.name}", daemon=True
+        )
+        self._thread.start()
 
     async def close(self, timeout: float) -> None:
-        return None
+        """Flush what callers handed over, for up to `timeout` seconds, then release."""
+        if self._thread is None:
+            return
+        self._flush_timeout = timeout
+        self._closing.set()
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+        self._producer = None
+        self._retired.clear()
 
     def health(self) -> bool:
-        return True
+        """False while librdkafka reports no broker connection up."""
+        return self._brokers_up
 
     def stats(self) -> dict[str, Any]:
-        return {"kind": self.kind, "address": ",".join(self.target.bootstrap_servers)}
+        producer = self._producer
+        return {
+            "kind": self.kind,
+            "address": ",".join(self.target.bootstrap_servers),
+            "brokers_up": self._brokers_up,
+            "queued": 0 if producer is None else len(producer),
+            "producers_replaced": self.replaced,
+        }
+
+    def check_topic(self, topic: str) -> None:
+        """Refuse an empty topic or one outside the target's allow-list."""
+        name = self.target.name
+        if not topic:
+            raise InvalidRequestError(f"target {name!r}: topic is empty")
+        if not any(p.fullmatch(topic) for p in self.target.topic_patterns):
+            raise TopicDeniedError(f"target {name!r}: topic {topic!r} is not allowed (topics)")
+
+    async def publish(
+        self, topic: str, messages: Sequence[OutgoingMessage | SidecarError], time_left: float
+    ) -> list[Outcome]:
+        """Enqueue every message (pipelined) and wait for the brokers' acknowledgements.
+
+        Answers a little before the caller's deadline: a message not acknowledged
+        by then fails UNAVAILABLE, yet librdkafka may still deliver it later
+        (within `producer.delivery_timeout`), so publishing is at-least-once.
+        A SidecarError in `messages` is a message refused before it was sent.
+        """
+        name = self.target.name
+        producer, loop = self._producer, self._loop
+        if time_left <= 0:
+            return [UpstreamTimeoutError(f"target {name!r}: deadline exceeded")] * len(messages)
+        if producer is None or loop is None or self._closing.is_set():
+            return [UpstreamUnavailableError(f"target {name!r}: shutting down")] * len(messages)
+        pending = _Pending(loop, name, topic, len(messages))
+        for i, m in enumerate(messages):
+            if isinstance(m, SidecarError):
+                pending.fail(i, m)
+                continue
+            try:
+                producer.produce(topic, m.value, m.key, m.partition,
+                                 on_delivery=partial(pending.report, i), headers=m.headers)
+            except BufferError:
+                pending.fail(i, LimitExceededError(
+                    f"target {name!r}: producer queue full, try again later"))
+            except KafkaException as e:
+                pending.fail(i, delivery_error(name, topic, e.args[0]))
+        done = pending.done
+        await asyncio.wait((done,), timeout=time_left - min(_REPLY_MARGIN, time_left / 10))
+        done.cancel()
+        late = UpstreamUnavailableError(
+            f"target {name!r} unreachable: no broker acknowledgement before the deadline"
+            f"{f' ({self._down_reason})' if self._down_reason else ''}; "
+            "the message may still be delivered"
+        )
+        return [late if r is None else r for r in pending.results]
+
+    def _new_producer(self) -> Producer:
+        """A producer whose callbacks only count while it is the current one."""
+        self._generation += 1
+        self._epochs = -1
+        gen = self._generation
+        config = {
+            **self._config,
+            "error_cb": lambda err: self._on_error(gen, err),
+            "stats_cb": lambda stats: self._on_stats(gen, stats),
+            "logger": logging.LoggerAdapter(log, {"fields": {"target": self.target.name}}),
+        }
+        try:
+            return Producer(config)
+        except KafkaException as e:
+            # from None: the library's text may quote a config value (a password).
+            reason = _redact(str(e.args[0].str()), self.target)
+            raise ConfigError([f"targets.{self.target.name}.producer: {reason}"]) from None
+
+    def _serve(self) -> None:
+        """The delivery thread: serve callbacks until close, then flush."""
+        while not self._closing.is_set():
+            producer = self._producer
+            assert producer is not None
+            producer.poll(_POLL)
+            for old in list(self._retired):
+                old.poll(0)
+                if len(old) == 0:
+                    self._retired.remove(old)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Deliver what is queued within the flush timeout; fail what is left over."""
+        deadline = time.monotonic() + self._flush_timeout
+        for producer in [p for p in (self._producer, *self._retired) if p is not None]:
+            left = producer.flush(max(deadline - time.monotonic(), 0.0))
+            if left:
+                log.warning("kafka messages not delivered before drain_timeout", extra={
+                    "fields": {"target": self.target.name, "messages": left}})
+                producer.purge()
+                producer.poll(0)
+
+    def _replace(self, reason: str) -> None:
+        """Retire a producer that cannot deliver any more; its callers get purge reports."""
+        log.warning("kafka producer replaced: %s", reason,
+                    extra={"fields": {"target": self.target.name}})
+        old = self._producer
+        self._producer = self._new_producer()
+        self.replaced += 1
+        if old is not None:
+            old.purge()
+            self._retired.append(old)
+
+    def _on_error(self, gen: int, err: KafkaError) -> None:
+        if gen != self._generation:
+            return
+        reason = _DOWN_REASONS.get(err.code())
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._set_up(False, reason)
+        elif reason is not None:
+            self._down_reason = reason
+        if err.fatal():
+            self._replace(f"fatal error {err.name()}")
+
+    def _on_stats(self, gen: int, stats_json: str) -> None:
+        if gen != self._generation:
+            return
+        stats = orjson.loads(stats_json)
+        up = any(b.get("state") in _CONNECTED for b in stats.get("brokers", {}).values())
+        self._set_up(up, self._down_reason)
+        epochs = int(stats.get("eos", {}).get("epoch_cnt", 0))
+        stuck = self._epochs >= 0 and epochs - self._epochs >= _STUCK_EPOCH_BUMPS
+        self._epochs = epochs
+        if up and stuck:
+            # A broker that lost its state (a fresh cluster on the same address)
+            # refuses our producer id for good; a new producer gets a new one.
+            self._replace("the brokers keep refusing its producer id")
+
+    def _set_up(self, up: bool, reason: str | None) -> None:
+        if up != self._brokers_up:
+            level = logging.INFO if up else logging.WARNING
+            log.log(level, "kafka brokers %s", "reachable" if up else "unreachable",
+                    extra={"fields": {"target": self.target.name, "reason": reason}})
+        self._brokers_up = up
+        self._down_reason = None if up else reason
+
+
+def producer_config(target: KafkaTarget) -> dict[str, Any]:
+    """librdkafka settings from the target; `producer.config` pairs apply last."""
+    p = target.producer
+    config: dict[str, Any] = {
+        "bootstrap.servers": ",".join(target.bootstrap_servers),
+        "client.id": f"sidecar-{target.name}",
+        "acks": p.acks,
+        "enable.idempotence": p.idempotence,
+        "linger.ms": p.linger * 1000,
+        "compression.type": p.compression,
+        "message.timeout.ms": max(int(p.delivery_timeout * 1000), 1),
+        "message.max.bytes": min(max(target.max_message_bytes + _FRAMING, 1_000_000),
+                                 1_000_000_000),
+        "queue.buffering.max.messages": _QUEUE_MESSAGES,
+        "queue.buffering.max.kbytes": max(_QUEUE_KBYTES, 2 * target.max_message_bytes // 1024),
+        "statistics.interval.ms": _STATS_MS,
+    }
+    config.update(p.config)
+    return config
+
+
+def delivery_error(target: str, topic: str, err: KafkaError) -> SidecarError:
+    """Our error for a message librdkafka could not deliver (or enqueue)."""
+    code = err.code()
+    where = f"target {target!r}"
+    if code == KafkaError._MSG_TIMED_OUT:
+        return UpstreamUnavailableError(
+            f"{where} unreachable: not acknowledged within producer.delivery_timeout")
+    if code in _TOO_LARGE:
+        return LimitExceededError(f"{where}: message too large for the brokers")
+    if code == KafkaError._QUEUE_FULL:
+        return LimitExceededError(f"{where}: producer queue full, try again later")
+    if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        return TopicDeniedError(f"{where}: the brokers refuse writes to topic {topic!r}")
+    if code in _NO_TOPIC:
+        return InvalidRequestError(f"{where}: topic {topic!r} does not exist")
+    if code == KafkaError._UNKNOWN_PARTITION:
+        return InvalidRequestError(f"{where}: no such partition of topic {topic!r}")
+    if code in _PURGED:
+        return UpstreamUnavailableError(f"{where}: not sent, the producer was closed or replaced")
+    return UpstreamUnavailableError(f"{where}: not delivered: {err.name()}")
+
+
+def classify(outcomes: Sequence[Outcome]) -> Attempt:
+    """One call's outcomes for the resilience layer: never retried (librdkafka already
+    retried; a second send could duplicate), broker failures count for the breaker."""
+    fault = any(isinstance(o, UpstreamError) for o in outcomes)
+    ok = all(isinstance(o, Delivered) for o in outcomes)
+    return Attempt(ok=ok, fault=fault, retryable=False)
+
+
+def _redact(text: str, target: KafkaTarget) -> str:
+    """The text with every configured producer value blanked out."""
+    for _, value in target.producer.config:
+        if value:
+            text = text.replace(value, "***")
+    return text
+

@@ -1,0 +1,88 @@
+"""The one seam between the data path and telemetry: `begin` and `end` of a call.
+
+The data path says what happened; this module decides what becomes a metric,
+a span or a log line. With tracing off and the access log off, a call costs
+two dictionary updates and one histogram record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+
+from sidecar.config import Config
+from sidecar.context import CallContext
+from sidecar.resilience.policy import TargetPolicy
+from sidecar.telemetry.logging import CALL_FIELDS, AccessLog
+from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.tracing import Tracer
+
+
+class Telemetry:
+    """Access log, metrics and traces for every call the daemon serves."""
+
+    def __init__(self, config: Config, policies: Callable[[], dict[str, TargetPolicy]]) -> None:
+        self.access = AccessLog(config.log.access)
+        self.active: dict[str, int] = {}
+        self.metrics = Metrics(policies, self.active)
+        self.tracer = Tracer.from_config(config.telemetry.tracing)
+        self.metrics_on = config.telemetry.metrics.enabled
+        self._durations = {
+            "grpc": self.metrics.rpc_duration,
+            "http": self.metrics.http_duration,
+            "kafka": self.metrics.messaging_duration,
+        }
+
+    def begin(self, listener: str, method: str, ctx: CallContext) -> None:
+        """A call arrived on `listener` (after its context was read)."""
+        self.active[listener] = self.active.get(listener, 0) + 1
+        if self.tracer is not None:
+            ctx.trace = self.tracer.begin(ctx, listener, method)
+        CALL_FIELDS.set((ctx.correlation_id, ctx.trace_id))
+
+    def end(
+        self,
+        listener: str,
+        method: str,
+        target: str | None,
+        kind: str | None,
+        status: grpc.StatusCode,
+        started: float,
+        ctx: CallContext,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> None:
+        """The call ended with `status` (the daemon's gRPC status to its caller)."""
+        duration = time.monotonic() - started
+        self.active[listener] -= 1
+        if self.metrics_on and target is not None and kind is not None:
+            attrs: dict[str, Any] = {"sidecar.target": target, **(attributes or {})}
+            if kind == "grpc":
+                attrs["rpc.system"] = "grpc"
+                attrs["rpc.grpc.status_code"] = status.value[0]
+            elif status is not grpc.StatusCode.OK:
+                attrs["error.type"] = status.name
+            self._durations[kind].record(duration, attrs)
+        if ctx.trace is not None:
+            ctx.trace.end(target, status.name, status is not grpc.StatusCode.OK)
+        if self.access.enabled:
+            self.access.call(
+                listener=listener, method=method, target=target, status=status.name,
+                duration=duration, correlation_id=ctx.correlation_id,
+                request_id=ctx.request_id, trace_id=ctx.trace_id,
+            )
+
+    def messages_sent(self, target: str, topic: str, count: int, size: int) -> None:
+        if not self.metrics_on:
+            return
+        attrs = {"sidecar.target": target, "messaging.system": "kafka",
+                 "messaging.destination.name": topic}
+        self.metrics.sent_messages.add(count, attrs)
+        self.metrics.sent_bytes.add(size, attrs)
+
+    def shutdown(self) -> None:
+        if self.tracer is not None:
+            self.tracer.shutdown()
+        self.metrics.shutdown()

@@ -1,0 +1,111 @@
+"""Metrics: OpenTelemetry instruments, exported as Prometheus text from our own registry.
+
+Per-call work is one histogram record; everything the resilience layer
+already counts (attempts, retries, refused retries, shed calls, breaker state
+and transitions, in-flight) is read from its counters at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry, generate_latest
+
+from sidecar import __version__
+from sidecar.resilience.breaker import CLOSED, HALF_OPEN, OPEN
+from sidecar.resilience.policy import TargetPolicy
+
+# Seconds: sub-millisecond proxy hops to multi-second upstream calls.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+           10.0, 30.0)
+BREAKER_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+
+
+class Metrics:
+    """The daemon's instruments; `render()` is the body of GET /metrics."""
+
+    def __init__(
+        self, policies: Callable[[], dict[str, TargetPolicy]], active: dict[str, int]
+    ) -> None:
+        self._policies = policies
+        self._active = active
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.provider = MeterProvider(
+            metric_readers=[PrometheusMetricReader(registry=self.registry)],
+            views=[View(instrument_type=Histogram,
+                        aggregation=ExplicitBucketHistogramAggregation(BUCKETS))],
+            resource=Resource.create({"service.name": "sidecar",
+                                      "service.version": __version__}),
+        )
+        meter = self.provider.get_meter("sidecar", __version__)
+        self.rpc_duration = meter.create_histogram(
+            "rpc.client.call.duration", unit="s",
+            description="gRPC calls proxied to grpc targets, by final status")
+        self.http_duration = meter.create_histogram(
+            "http.client.request.duration", unit="s",
+            description="HttpProxy calls to http targets, by upstream status or error")
+        self.messaging_duration = meter.create_histogram(
+            "messaging.client.operation.duration", unit="s",
+            description="Publish and PublishBatch calls to kafka targets, by outcome")
+        self.sent_messages = meter.create_counter(
+            "messaging.client.sent.messages", unit="{message}",
+            description="Kafka messages acknowledged by the broker")
+        self.sent_bytes = meter.create_counter(
+            "sidecar.kafka.sent.bytes", unit="By",
+            description="Bytes of Kafka message values acknowledged by the broker")
+        self._observe(meter, "sidecar.target.attempts", "{attempt}", "upstream attempts",
+                      lambda p: p.counters.attempts)
+        self._observe(meter, "sidecar.target.retries", "{retry}", "retries made",
+                      lambda p: p.counters.retries)
+        self._observe(meter, "sidecar.target.retries.refused", "{retry}",
+                      "retries not made because the retry budget was spent",
+                      lambda p: p.counters.budget_exhausted)
+        self._observe(meter, "sidecar.target.shed", "{call}",
+                      "calls refused at once over limits.max_in_flight",
+                      lambda p: p.counters.shed)
+        self._observe(meter, "sidecar.target.circuit_rejected", "{call}",
+                      "calls failed fast while the breaker was open",
+                      lambda p: p.counters.circuit_rejected)
+        self._observe(meter, "sidecar.target.breaker.transitions", "{transition}",
+                      "breaker state changes", lambda p: p.breaker.transitions)
+        in_flight = self._per_target(lambda p: p.counters.in_flight)
+        meter.create_observable_up_down_counter(
+            "sidecar.target.in_flight", callbacks=[in_flight], unit="{call}",
+            description="calls in flight per target")
+        meter.create_observable_gauge(
+            "sidecar.target.breaker.state",
+            callbacks=[self._per_target(lambda p: BREAKER_VALUES[p.breaker.state])],
+            unit="1", description="breaker state: 0 closed, 1 half-open, 2 open")
+        meter.create_observable_up_down_counter(
+            "sidecar.listener.active_calls", callbacks=[self._listeners], unit="{call}",
+            description="calls in progress per listener")
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
+
+    def _observe(self, meter: Any, name: str, unit: str, description: str,
+                 read: Callable[[TargetPolicy], int]) -> None:
+        meter.create_observable_counter(name, callbacks=[self._per_target(read)], unit=unit,
+                                        description=description)
+
+    def _per_target(
+        self, read: Callable[[TargetPolicy], int]
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            return [
+                Observation(read(p), {"sidecar.target": name, "sidecar.kind": p.target.kind})
+                for name, p in self._policies().items()
+            ]
+        return observe
+
+    def _listeners(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(n, {"sidecar.listener": name}) for name, n in self._active.items()]

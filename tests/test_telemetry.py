@@ -1,0 +1,183 @@
+"""Metrics, traces, /status and log fields against a running daemon."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import orjson
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Daemon, Upstream, basic_config, free_port
+
+
+def _scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = frozenset((k, v) for k, v in s.labels.items()
+                               if k.startswith(("sidecar_", "rpc_")))
+            samples[(s.name, labels)] = s.value
+    return samples
+
+
+def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_metrics_count_each_kind_of_event(
+    daemon_factory: Callable[..., Daemon], short_dir: Path,
+    upstream_factory: Callable[[str], Upstream],
+) -> None:
+    up, bad = upstream_factory("up"), upstream_factory("bad")
+    port = free_port()
+    config = basic_config(short_dir, up)
+    config["admin"] = {"address": f"127.0.0.1:{port}"}
+    config["targets"]["up"]["limits"] = {"max_in_flight": 1}
+    config["targets"]["bad"] = {"kind": "grpc", "address": bad.address,
+                                "retry": {"attempts": 1}, "breaker": {"failures": 1}}
+    d = daemon_factory(config)
+    bad.outage = grpc.StatusCode.UNAVAILABLE
+    with d.channel() as ch:
+        for _ in range(3):
+            ch.unary_unary("/test.Echo/Unary")(b"ok", timeout=5)
+        for _ in range(2):
+            with pytest.raises(grpc.RpcError):
+                ch.unary_unary("/test.Echo/Fail")(
+                    b"x", metadata=[("fail-code", "INVALID_ARGUMENT")], timeout=5)
+        ch.unary_unary("/test.Echo/Flaky")(b"x", metadata=[("fail-times", "1")], timeout=5)
+        slow = ch.unary_unary("/test.Echo/Slow").future(
+            b"x", metadata=[("sleep-ms", "700")], timeout=5)
+        deadline = time.monotonic() + 5
+        while up.calls("Slow") == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises(grpc.RpcError) as shed:
+            ch.unary_unary("/test.Echo/Unary")(b"x", timeout=5)
+        assert shed.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        slow.result(timeout=5)
+        bad_target = [("sidecar-target", "bad")]
+        for _ in range(2):  # the first trips the breaker, the second is rejected by it
+            with pytest.raises(grpc.RpcError):
+                ch.unary_unary("/test.Echo/Flaky")(b"x", metadata=bad_target, timeout=5)
+    m = _scrape(port)
+    count = "rpc_client_call_duration_seconds_count"
+    assert _value(m, count, sidecar_target="up", rpc_system="grpc", rpc_grpc_status_code="0") == 5
+    assert _value(m, count, sidecar_target="up", rpc_system="grpc", rpc_grpc_status_code="3") == 2
+    assert _value(m, count, sidecar_target="up", rpc_system="grpc", rpc_grpc_status_code="8") == 1
+    assert _value(m, count, sidecar_target="bad", rpc_system="grpc",
+                  rpc_grpc_status_code="14") == 2
+    up_labels = {"sidecar_target": "up", "sidecar_kind": "grpc"}
+    bad_labels = {"sidecar_target": "bad", "sidecar_kind": "grpc"}
+    assert _value(m, "sidecar_target_attempts_total", **up_labels) == 8  # 3+2+2+1, none shed
+    assert _value(m, "sidecar_target_retries_total", **up_labels) == 1
+    assert _value(m, "sidecar_target_shed_total", **up_labels) == 1
+    assert _value(m, "sidecar_target_attempts_total", **bad_labels) == 1
+    assert _value(m, "sidecar_target_circuit_rejected_total", **bad_labels) == 1
+    assert _value(m, "sidecar_target_breaker_transitions_total", **bad_labels) == 1
+    assert _value(m, "sidecar_target_breaker_state", **bad_labels) == 2
+    assert _value(m, "sidecar_target_breaker_state", **up_labels) == 0
+    assert _value(m, "sidecar_target_in_flight", **up_labels) == 0
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP trace receiver on a real port."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+        self.lock = threading.Lock()
+
+    def Export(self, request: Any, context: Any) -> Any:
+        with self.lock:
+            for resource in request.resource_spans:
+                for scope in resource.scope_spans:
+                    self.spans.extend(scope.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+@pytest.fixture
+def collector() -> Iterator[tuple[Collector, int]]:
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    receiver = Collector()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield receiver, port
+    server.stop(0).wait()
+
+
+def test_spans_follow_the_callers_trace_and_the_upstream_sees_the_attempt_span(
+    daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream,
+    collector: tuple[Collector, int],
+) -> None:
+    receiver, port = collector
+    config = basic_config(short_dir, upstream)
+    config["telemetry"] = {"tracing": {"otlp_endpoint": f"http://127.0.0.1:{port}"}}
+    d = daemon_factory(config, env={"OTEL_BSP_SCHEDULE_DELAY": "50"})
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    caller_span = "00f067aa0ba902b7"
+    with d.channel() as ch:
+        ch.unary_unary("/test.Echo/Flaky")(
+            b"x", metadata=[("traceparent", f"00-{trace_id}-{caller_span}-01"),
+                            ("fail-times", "1")], timeout=5)
+    d.stop()  # flushes the span processor
+    spans = receiver.spans
+    assert {s.trace_id.hex() for s in spans} == {trace_id}
+    servers = [s for s in spans if s.kind == s.SPAN_KIND_SERVER]
+    clients = [s for s in spans if s.kind == s.SPAN_KIND_CLIENT]
+    assert len(servers) == 1 and len(clients) == 2  # one per attempt
+    assert servers[0].parent_span_id.hex() == caller_span
+    assert all(c.parent_span_id == servers[0].span_id for c in clients)
+    sent = [str(s.metadata["traceparent"]).split("-")[2] for s in upstream.seen]
+    assert sent == [c.span_id.hex() for c in sorted(clients, key=lambda c: c.start_time_unix_nano)]
+
+
+def test_status_shows_breaker_change_within_a_second(
+    daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream
+) -> None:
+    port = free_port()
+    config = basic_config(short_dir, upstream)
+    config["admin"] = {"address": f"127.0.0.1:{port}"}
+    config["targets"]["up"]["breaker"] = {"failures": 1}
+    config["targets"]["up"]["retry"] = {"attempts": 1}
+    d = daemon_factory(config)
+    upstream.outage = grpc.StatusCode.UNAVAILABLE
+    with d.channel() as ch, pytest.raises(grpc.RpcError):
+        ch.unary_unary("/test.Echo/Flaky")(b"x", timeout=5)
+    tripped = time.monotonic()
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+            state = orjson.loads(r.read())["targets"]["up"]["breaker"]["state"]
+        if state == "open":
+            break
+        assert time.monotonic() - tripped < 1.0
+        time.sleep(0.02)
+
+
+def test_log_lines_of_a_call_carry_its_correlation_and_trace_ids(
+    daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream
+) -> None:
+    config = basic_config(short_dir, upstream)
+    config["targets"]["up"]["breaker"] = {"failures": 1}
+    d = daemon_factory(config)
+    upstream.outage = grpc.StatusCode.UNAVAILABLE
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    with d.channel() as ch, pytest.raises(grpc.RpcError):
+        ch.unary_unary("/test.Echo/Flaky")(
+            b"x", metadata=[("x-correlation-id", "corr-77"),
+                            ("traceparent", f"00-{trace_id}-b7ad6b7169203331-01")], timeout=5)
+    d.stop()
+    lines = [orjson.loads(ln) for ln in d.log_lines()]
+    of_call = [e for e in lines if e["msg"] in ("call", "breaker open")]
+    assert len(of_call) == 2
+    assert all(e["correlation_id"] == "corr-77" and e["trace_id"] == trace_id for e in of_call)
