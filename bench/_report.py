@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from _load import LoadResult
 
-PROXIES = ("haproxy", "daemon")  # paths whose process has the same name
+PROXIES = ("haproxy", "daemon", "daemon-bare")  # paths whose process has the same name
 
 
 @dataclass(frozen=True, slots=True)

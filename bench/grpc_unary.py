@@ -27,7 +27,8 @@ from _load import LOADS, METHOD, LoadSpec, Meter
 from _procs import BenchError, Child, running, wait_ready
 from _report import Sample, compare, comparison_table, sample_of, summarize, summary_table
 
-PATHS = ("direct", "haproxy", "daemon")
+PATHS = ("direct", "haproxy", "daemon", "daemon-bare")
+DEFAULT_PATHS = ("direct", "haproxy", "daemon")
 UPSTREAM = Path(__file__).with_name("_upstream.py")
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 15.0
@@ -57,6 +58,7 @@ listeners:
     default_target: up
 admin: {{address: null}}
 log: {{level: warning}}
+telemetry: {{metrics: {{enabled: {metrics}}}}}
 targets:
   up: {{kind: grpc, address: "unix://{upstream}"}}
 """
@@ -94,7 +96,9 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def parse_args(argv: list[str] | None) -> Options:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--paths", type=_path_list, default=PATHS, help="default: all three")
+    p.add_argument("--paths", type=_path_list, default=DEFAULT_PATHS,
+                   help="default: direct,haproxy,daemon; daemon-bare is the daemon with "
+                        "metrics off, to measure telemetry's cost")
     p.add_argument("--concurrency", type=_int_list, default=(1, 32), help="default: 1,32")
     p.add_argument("--seconds", type=float, default=5.0, help="measured window per sample")
     p.add_argument("--rounds", type=int, default=3)
@@ -143,16 +147,24 @@ def _start_haproxy(work: Path, upstream: str, stack: ExitStack) -> tuple[str, Ch
     return socket, child
 
 
-def _start_daemon(work: Path, upstream: str, stack: ExitStack) -> tuple[str, Child]:
-    socket, config = str(work / "app.sock"), work / "sidecar.yaml"
-    config.write_text(DAEMON_CONFIG.format(listen=socket, upstream=upstream))
+def _start_daemon(work: Path, upstream: str, stack: ExitStack, *,
+                  name: str = "daemon", metrics: bool = True) -> tuple[str, Child]:
+    socket, config = str(work / f"{name}.sock"), work / f"{name}.yaml"
+    config.write_text(DAEMON_CONFIG.format(listen=socket, upstream=upstream,
+                                           metrics=str(metrics).lower()))
     argv = [sys.executable, "-m", "sidecar", "run", "--config", str(config)]
-    child = stack.enter_context(running("daemon", argv, work, cwd=REPO))
+    child = stack.enter_context(running(name, argv, work, cwd=REPO))
     wait_ready(child, lambda: _serving(socket) and _echoes(socket), READY_TIMEOUT)
     return socket, child
 
 
-PROXY_STARTERS = {"haproxy": _start_haproxy, "daemon": _start_daemon}
+def _start_bare_daemon(work: Path, upstream: str, stack: ExitStack) -> tuple[str, Child]:
+    """The daemon with metrics off too (tracing and the access log are off in both)."""
+    return _start_daemon(work, upstream, stack, name="daemon-bare", metrics=False)
+
+
+PROXY_STARTERS = {"haproxy": _start_haproxy, "daemon": _start_daemon,
+                  "daemon-bare": _start_bare_daemon}
 
 
 def start_servers(opts: Options, work: Path, stack: ExitStack) -> tuple[dict[str, str], Meter]:

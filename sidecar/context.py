@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sidecar.config import Identity
+from sidecar.config import Identity, MetadataNames
 from sidecar.errors import UnauthenticatedError
 
 if TYPE_CHECKING:
@@ -59,6 +59,18 @@ class CallContext:
     @property
     def traceparent(self) -> str:
         return f"00-{self.trace_id}-{self.span_id}-{self.trace_flags}"
+
+    def identity_metadata(self, names: MetadataNames) -> list[tuple[str, str]]:
+        """The contract's injected metadata, under a target's names (traceparent included)."""
+        out = []
+        if self.user_id:
+            out.append((names.user_id, self.user_id))
+        out.append((names.correlation_id, self.correlation_id))
+        out.append((names.request_id, self.request_id))
+        out.append(("traceparent", self.traceparent))
+        if self.tracestate:
+            out.append(("tracestate", self.tracestate))
+        return out
 
     def begin_attempt(self, target: str) -> str:
         """The traceparent for one upstream attempt (its own span when tracing is on)."""

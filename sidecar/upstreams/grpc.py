@@ -145,15 +145,7 @@ def classify(
 
 def upstream_metadata(ctx: CallContext, target: GrpcTarget) -> list[tuple[str, str | bytes]]:
     """The caller's metadata plus the identity, ids and trace the contract injects."""
-    names = target.metadata
-    metadata = list(ctx.passthrough)
-    if ctx.user_id:
-        metadata.append((names.user_id, ctx.user_id))
-    metadata.append((names.correlation_id, ctx.correlation_id))
-    metadata.append((names.request_id, ctx.request_id))
-    metadata.append(("traceparent", ctx.traceparent))
-    if ctx.tracestate:
-        metadata.append(("tracestate", ctx.tracestate))
+    metadata = [*ctx.passthrough, *ctx.identity_metadata(target.metadata)]
     if target.forward_authorization and ctx.authorization:
         metadata.append(("authorization", ctx.authorization))
     return metadata

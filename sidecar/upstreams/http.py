@@ -144,15 +144,8 @@ class HttpUpstream:
             if key.lower() not in self._drop:
                 out.append((key, value))
         out.extend(self.target.headers)
-        names = self.target.metadata
-        if ctx.user_id:
-            out.append((names.user_id, ctx.user_id))
-        out.append((names.correlation_id, ctx.correlation_id))
-        out.append((names.request_id, ctx.request_id))
-        trace_at = len(out)
-        out.append(("traceparent", ctx.traceparent))
-        if ctx.tracestate:
-            out.append(("tracestate", ctx.tracestate))
+        out.extend(ctx.identity_metadata(self.target.metadata))
+        trace_at = out.index(("traceparent", ctx.traceparent))
         if (self.target.forward_authorization and ctx.authorization
                 and not any(k.lower() == "authorization" for k, _ in out)):
             out.append(("Authorization", ctx.authorization))

@@ -42,6 +42,7 @@ _QUEUE_MESSAGES = 100_000  # librdkafka's own default; the byte bound below is o
 _QUEUE_KBYTES = 64 * 1024
 _FRAMING = 64 * 1024  # message.max.bytes headroom over max_message_bytes (record framing)
 _STUCK_EPOCH_BUMPS = 5  # per stats interval: the brokers keep refusing our producer id
+_RECONNECT_MAX_MS = 2000  # librdkafka's 10 s default would delay recovery after an outage
 _REPLY_MARGIN = 0.05  # seconds before the caller's deadline we answer ourselves
 _CONNECTED = frozenset({"UP", "UPDATE"})
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
@@ -225,7 +226,7 @@ class KafkaUpstream:
             **self._config,
             "error_cb": lambda err: self._on_error(gen, err),
             "stats_cb": lambda stats: self._on_stats(gen, stats),
-            "logger": logging.LoggerAdapter(log, {"fields": {"target": self.target.name}}),
+            "logger": _ClientLog(self.target.name),
         }
         try:
             return Producer(config)
@@ -285,7 +286,7 @@ class KafkaUpstream:
         stats = orjson.loads(stats_json)
         up = any(b.get("state") in _CONNECTED for b in stats.get("brokers", {}).values())
         self._set_up(up, self._down_reason)
-        epochs = int(stats.get("eos", {}).get("epoch_cnt", 0))
+        epochs = int(stats.get("eos", {}).get("producer_epoch", 0))
         stuck = self._epochs >= 0 and epochs - self._epochs >= _STUCK_EPOCH_BUMPS
         self._epochs = epochs
         if up and stuck:
@@ -295,11 +296,27 @@ class KafkaUpstream:
 
     def _set_up(self, up: bool, reason: str | None) -> None:
         if up != self._brokers_up:
-            level = logging.INFO if up else logging.WARNING
-            log.log(level, "kafka brokers %s", "reachable" if up else "unreachable",
-                    extra={"fields": {"target": self.target.name, "reason": reason}})
+            fields = {"target": self.target.name}
+            if up:
+                log.info("kafka brokers reachable", extra={"fields": fields})
+            else:
+                log.warning("kafka brokers unreachable", extra={"fields": {
+                    **fields, "reason": reason}})
         self._brokers_up = up
         self._down_reason = None if up else reason
+
+
+class _ClientLog:
+    """librdkafka's log lines as the daemon's, with the target's name. Connection
+    failures (FAIL) repeat on every reconnect: debug, as the daemon logs reachability."""
+
+    def __init__(self, target: str) -> None:
+        self._extra = {"fields": {"target": target}}
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        if args and args[0] == "FAIL":
+            level = logging.DEBUG
+        log.log(level, fmt, *args, extra=self._extra)
 
 
 def producer_config(target: KafkaTarget) -> dict[str, Any]:
@@ -318,6 +335,7 @@ def producer_config(target: KafkaTarget) -> dict[str, Any]:
         "queue.buffering.max.messages": _QUEUE_MESSAGES,
         "queue.buffering.max.kbytes": max(_QUEUE_KBYTES, 2 * target.max_message_bytes // 1024),
         "statistics.interval.ms": _STATS_MS,
+        "reconnect.backoff.max.ms": _RECONNECT_MAX_MS,
     }
     config.update(p.config)
     return config
