@@ -66,11 +66,25 @@ _KAFKA_ACKS = ("all", "-1", "0", "1")
 _COMPRESSION = ("none", "gzip", "snappy", "lz4", "zstd")
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false, so `on:` stays a key."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
 def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
     """Read, substitute, validate; raise ConfigError listing every problem."""
     try:
         with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+            raw = yaml.load(f, Loader=_Yaml12Loader)  # a SafeLoader: no arbitrary objects
     except OSError as e:
         raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from e
     except yaml.YAMLError as e:

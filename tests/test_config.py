@@ -937,3 +937,20 @@ def test_load_config_reads_env_from_the_given_mapping(tmp_path: Path) -> None:
     path = tmp_path / "sidecar.yaml"
     path.write_text(yaml.safe_dump(base_config(drain_timeout="${DRAIN}")))
     assert load_config(str(path), env={"DRAIN": "250ms"}).drain_timeout == 0.25
+
+
+def test_bare_on_key_in_yaml_is_retry_on_not_a_boolean(tmp_path: Path) -> None:
+    """YAML 1.1 reads `on:` as true; the contract's `retry: {on: [...]}` must still work."""
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(
+        "listeners: [{name: app, socket: /tmp/a.sock}]\n"
+        "defaults: {retry: {on: [RESOURCE_EXHAUSTED, 503]}}\n"
+        "targets: {t: {kind: grpc, address: 'x:1', required: yes}}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path), env={})
+    # `yes` is a string in YAML 1.2, so it is refused rather than read as true
+    assert err.value.problems == ["targets.t.required: must be true or false, got 'yes'"]
+    path.write_text(path.read_text().replace("required: yes", "required: true"))
+    config = load_config(str(path), env={})
+    assert config.defaults.retry.on == ("RESOURCE_EXHAUSTED", 503)
