@@ -2,10 +2,12 @@
 
 Starts a tansu broker and the daemon (one kafka target) as separate
 processes, then, round after round, measures delivered messages per second
-for three paths against the same broker with the same librdkafka settings
+for four paths against the same broker with the same librdkafka settings
 (built by the daemon's own `producer_config`): `direct` (confluent-kafka in
-this process), `publish` (concurrent Publish calls) and `batch` (concurrent
-PublishBatch calls). Prints medians across rounds. See bench/README.md.
+this process, a deep backlog: the library's ceiling), `direct-c` (at most
+CONCURRENCY messages unacknowledged, like CONCURRENCY waiting callers),
+`publish` (concurrent Publish calls) and `batch` (concurrent PublishBatch
+calls). Prints medians across rounds. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ from sidecar.upstreams.kafka import producer_config
 from _procs import BenchError, cpu_seconds, running, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
-PATHS = ("direct", "publish", "batch")
+PATHS = ("direct", "direct-c", "publish", "batch")
 READY_TIMEOUT = 15.0
+DIRECT_BACKLOG = 50_000  # unacknowledged messages `direct` keeps queued: its ceiling
 PUBLISH = "/sidecar.v1.Publisher/Publish"
 PUBLISH_BATCH = "/sidecar.v1.Publisher/PublishBatch"
 DAEMON_CONFIG = """\
@@ -85,8 +88,9 @@ class Window:
                 **{name: cpu_seconds(pid) for name, pid in self._pids.items()}}
 
 
-def run_direct(config: dict[str, object], topic: str, payload: bytes, window: Window) -> None:
-    """librdkafka straight from this process, kept busy with a bounded backlog."""
+def run_direct(config: dict[str, object], topic: str, payload: bytes, window: Window,
+               in_flight: int) -> None:
+    """librdkafka straight from this process, at most `in_flight` messages unacknowledged."""
     producer = Producer(config)
 
     def delivered(err: KafkaError | None, _msg: Message) -> None:
@@ -96,12 +100,12 @@ def run_direct(config: dict[str, object], topic: str, payload: bytes, window: Wi
             window.errors += 1
 
     while window.tick():
-        for _ in range(1000):
+        for _ in range(in_flight - len(producer)):
             try:
                 producer.produce(topic, payload, on_delivery=delivered)
             except BufferError:
                 break
-        producer.poll(0.001 if len(producer) > 50_000 else 0)
+        producer.poll(0.001 if len(producer) >= in_flight else 0)
     producer.flush(30)
 
 
@@ -114,9 +118,11 @@ async def run_calls(socket_path: str, method: str, request: bytes, concurrency: 
         async def caller() -> None:
             while window.tick():
                 try:
-                    window.delivered += per_reply(await call(request, timeout=30))
+                    reply = await call(request, timeout=30)
                 except grpc.aio.AioRpcError:
                     window.errors += 1
+                else:
+                    window.delivered += per_reply(reply)  # not `+= await`: read after the await
 
         await asyncio.gather(*(caller() for _ in range(concurrency)))
 
@@ -136,7 +142,9 @@ def measure(path: str, args: argparse.Namespace, socket_path: str, kafka: dict[s
     payload = b"x" * args.payload
     window = Window(args.warmup, args.seconds, pids)
     if path == "direct":
-        run_direct(kafka, topic, payload, window)
+        run_direct(kafka, topic, payload, window, DIRECT_BACKLOG)
+    elif path == "direct-c":
+        run_direct(kafka, topic, payload, window, args.concurrency)
     elif path == "publish":
         request = sidecar_pb2.PublishRequest(target="events", topic=topic, value=payload)
         drive(run_calls(socket_path, PUBLISH, request.SerializeToString(),
@@ -180,7 +188,7 @@ def report(results: dict[str, list[dict[str, float]]]) -> str:
              "| load CPU ms/1k msgs | errors |", "|---" * 7 + "|"]
     for path, samples in results.items():
         med = {key: statistics.median(s.get(key, 0.0) for s in samples) for key in samples[0]}
-        daemon = "-" if path == "direct" else f"{med['daemon_cpu_ms_per_1k']:.1f}"
+        daemon = "-" if path.startswith("direct") else f"{med['daemon_cpu_ms_per_1k']:.1f}"
         lines.append(
             f"| {path} | {med['msgs_per_s']:,.0f} | {med['msgs_per_s'] / direct:.2f} | {daemon} "
             f"| {med['broker_cpu_ms_per_1k']:.1f} | {med['load_cpu_ms_per_1k']:.1f} "

@@ -108,8 +108,8 @@ class Daemon:
             self.notifier.ready()
             return
         runtime = Runtime(config, self._breaker_changed, previous=self.runtime)
-        await runtime.start()
         try:
+            await runtime.start()
             await self._swap_listeners(config.listeners)
         except SidecarError as e:
             log.error("reload refused, keeping the running config: %s", e)

@@ -5,6 +5,7 @@ SidecarError                      any failure the daemon reports to a caller
 ├── NoRouteError                  UNIMPLEMENTED: no target for a method
 ├── UnknownTargetError            NOT_FOUND: a target name that is not configured
 ├── InvalidRequestError           INVALID_ARGUMENT: a request the daemon cannot act on
+│   └── PermissionDeniedError     PERMISSION_DENIED: e.g. a topic the target does not allow
 ├── UnauthenticatedError          UNAUTHENTICATED: a listener requires a user id
 ├── ListenerError                 a socket that cannot be served (in use, not a socket)
 ├── LimitExceededError            RESOURCE_EXHAUSTED: over a concurrency or size limit
@@ -45,6 +46,10 @@ class UnknownTargetError(SidecarError):
 
 class InvalidRequestError(SidecarError):
     grpc_status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class PermissionDeniedError(InvalidRequestError):
+    grpc_status = grpc.StatusCode.PERMISSION_DENIED
 
 
 class UnauthenticatedError(SidecarError):

@@ -216,8 +216,10 @@ def test_full_producer_queue_is_resource_exhausted(
     daemon_factory: Callable[..., Daemon], short_dir: Path, broker: Broker
 ) -> None:
     topic = broker.create_topic()
-    d = daemon_factory(_config(
-        short_dir, broker, producer={"config": {"queue.buffering.max.messages": "1"}}))
+    config = _config(short_dir, broker,
+                     producer={"config": {"queue.buffering.max.messages": "1"}})
+    config["drain_timeout"] = "500ms"  # the queued message cannot be flushed
+    d = daemon_factory(config)
     broker.stop()
     assert _code(d, _request(topic), timeout=0.5)[0] is grpc.StatusCode.UNAVAILABLE
     code, details = _code(d, _request(topic), timeout=0.5)
@@ -229,7 +231,8 @@ def test_sigterm_with_500_publishes_in_flight_keeps_every_acknowledged_one_exact
     daemon_factory: Callable[..., Daemon], short_dir: Path, broker: Broker
 ) -> None:
     topic = broker.create_topic(partitions=3)
-    d = daemon_factory(_config(short_dir, broker))
+    # A longer linger keeps more publishes waiting on the broker when SIGTERM lands.
+    d = daemon_factory(_config(short_dir, broker, producer={"linger": "20ms"}))
     with d.channel() as ch:
         stub = _stub(ch)
         calls = [stub.Publish.future(_request(topic, b"m%d" % i), timeout=20)

@@ -223,3 +223,20 @@ def test_sd_notify_watchdog_pings_at_half_the_interval(
     gaps = sorted(b - a for a, b in itertools.pairwise(times))
     median = gaps[len(gaps) // 2]
     assert 0.1 < median < 0.35  # every WATCHDOG_USEC/2 = 200 ms
+
+
+def test_sighup_with_a_producer_config_the_client_rejects_keeps_running_config(
+    daemon: Daemon, short_dir: Path, upstream: Upstream
+) -> None:
+    config = basic_config(short_dir, upstream)
+    config["targets"]["events"] = {
+        "kind": "kafka", "bootstrap_servers": ["127.0.0.1:9"],
+        "producer": {"config": {"no.such.librdkafka.setting": "s3cret-value"}},
+    }
+    write_config(daemon.config_path, config)
+    daemon.signal(signal.SIGHUP)
+    _wait_for(lambda: any("reload refused" in ln for ln in daemon.log_lines()))
+    assert "s3cret-value" not in daemon.log_path.read_text()
+    with daemon.channel() as ch:
+        assert ch.unary_unary("/test.Echo/Unary")(b"still", timeout=5) == b"still"
+    assert daemon.process.poll() is None

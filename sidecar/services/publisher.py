@@ -14,11 +14,12 @@ from typing import Any
 import grpc
 
 from sidecar._generated import sidecar_pb2, sidecar_pb2_grpc
-from sidecar.config import KafkaTarget, MetadataNames
+from sidecar.config import KafkaTarget
 from sidecar.context import CallContext
 from sidecar.errors import InvalidRequestError, LimitExceededError, SidecarError, UpstreamError
 from sidecar.resilience.policy import Attempt, TargetPolicy
 from sidecar.services.api_call import ApiService
+from sidecar.telemetry.hub import Telemetry
 from sidecar.upstreams.kafka import (
     Delivered,
     KafkaUpstream,
@@ -36,26 +37,37 @@ class PublisherService(ApiService, sidecar_pb2_grpc.PublisherServicer):
     """Publish and PublishBatch on one listener, on ApiService's shared call path."""
 
     async def Publish(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        attributes = _attributes(request.topic, "publish")
         return await self.serve(
-            context, PUBLISH, request.target, KafkaUpstream, partial(_publish, request)
+            context, PUBLISH, request.target, KafkaUpstream,
+            partial(_publish, request, self.telemetry), attributes,
         )
 
     async def PublishBatch(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        attributes = _attributes(request.topic, "publish_batch")
         return await self.serve(
-            context, PUBLISH_BATCH, request.target, KafkaUpstream, partial(_publish_batch, request)
+            context, PUBLISH_BATCH, request.target, KafkaUpstream,
+            partial(_publish_batch, request, self.telemetry), attributes,
         )
 
 
+def _attributes(topic: str, operation: str) -> dict[str, Any]:
+    return {"messaging.system": "kafka", "messaging.operation.name": operation,
+            "messaging.destination.name": topic}
+
+
 async def _publish(
-    request: Any, upstream: KafkaUpstream, ctx: CallContext, policy: TargetPolicy,
-    deadline: float,
+    request: Any, telemetry: Telemetry, upstream: KafkaUpstream, ctx: CallContext,
+    policy: TargetPolicy, deadline: float,
 ) -> Any:
     """One message: the brokers' partition and offset, or the call fails."""
     upstream.check_topic(request.topic)
-    message = _outgoing(upstream.target, request, _identity(ctx, upstream.target.metadata))
+    message = _outgoing(upstream.target, request, _identity(ctx, upstream.target))
     if isinstance(message, SidecarError):
+        ctx.end_attempt(str(message))
         raise message
-    outcome = (await _send(upstream, policy, deadline, request.topic, [message]))[0]
+    outcome = (await _send(upstream, telemetry, ctx, policy, deadline, request.topic,
+                           [message]))[0]
     if isinstance(outcome, SidecarError):
         raise outcome
     return sidecar_pb2.PublishResponse(
@@ -64,15 +76,15 @@ async def _publish(
 
 
 async def _publish_batch(
-    request: Any, upstream: KafkaUpstream, ctx: CallContext, policy: TargetPolicy,
-    deadline: float,
+    request: Any, telemetry: Telemetry, upstream: KafkaUpstream, ctx: CallContext,
+    policy: TargetPolicy, deadline: float,
 ) -> Any:
     """Many messages, pipelined: one result per message, in order; the call itself fails
     only when the brokers took none of them (then the results would carry no news)."""
     upstream.check_topic(request.topic)
-    identity = _identity(ctx, upstream.target.metadata)
+    identity = _identity(ctx, upstream.target)
     messages = [_outgoing(upstream.target, m, identity) for m in request.messages]
-    outcomes = await _send(upstream, policy, deadline, request.topic, messages)
+    outcomes = await _send(upstream, telemetry, ctx, policy, deadline, request.topic, messages)
     if not any(isinstance(o, Delivered) for o in outcomes):
         fault = next((o for o in outcomes if isinstance(o, UpstreamError)), None)
         if fault is not None:
@@ -81,30 +93,37 @@ async def _publish_batch(
 
 
 async def _send(
-    upstream: KafkaUpstream, policy: TargetPolicy, deadline: float, topic: str,
-    messages: Sequence[OutgoingMessage | SidecarError],
+    upstream: KafkaUpstream, telemetry: Telemetry, ctx: CallContext, policy: TargetPolicy,
+    deadline: float, topic: str, messages: Sequence[OutgoingMessage | SidecarError],
 ) -> list[Outcome]:
-    """One attempt under the target's policy (breaker, deadline); never a second send."""
+    """One attempt under the target's policy (breaker, deadline); never a second send.
+    The attempt's span, when tracing, was begun by `_identity` (its id is in the headers)."""
     outcomes: list[Outcome] = []
 
     async def attempt(time_left: float) -> Attempt:
         outcomes[:] = await upstream.publish(topic, messages, time_left)
         return classify(outcomes)
 
-    await policy.run(deadline, attempt)
+    try:
+        await policy.run(deadline, attempt)
+    finally:
+        failed = next((o for o in outcomes if isinstance(o, UpstreamError)), None)
+        ctx.end_attempt(None if failed is None else str(failed))
+    delivered = [m for m, o in zip(messages, outcomes, strict=False)
+                 if isinstance(o, Delivered) and isinstance(m, OutgoingMessage)]
+    if delivered:
+        telemetry.messages_sent(upstream.target.name, topic, len(delivered),
+                                sum(len(m.value) for m in delivered))
     return outcomes
 
 
-def _identity(ctx: CallContext, names: MetadataNames) -> tuple[Headers, frozenset[str]]:
-    """The headers injected into every message, and the names a caller may not set."""
-    headers: Headers = []
-    if ctx.user_id:
-        headers.append((names.user_id, ctx.user_id))
-    headers.append((names.correlation_id, ctx.correlation_id))
-    headers.append((names.request_id, ctx.request_id))
-    headers.append(("traceparent", ctx.traceparent))
-    if ctx.tracestate:
-        headers.append(("tracestate", ctx.tracestate))
+def _identity(ctx: CallContext, target: KafkaTarget) -> tuple[Headers, frozenset[str]]:
+    """The headers injected into every message (with this attempt's traceparent), and
+    the names a caller may not set."""
+    names = target.metadata
+    traceparent = ctx.begin_attempt(target.name)
+    headers: Headers = [("traceparent", traceparent) if k == "traceparent" else (k, v)
+                        for k, v in ctx.identity_metadata(names)]
     reserved = frozenset(n.lower() for n in (
         names.user_id, names.correlation_id, names.request_id, "traceparent", "tracestate"))
     return headers, reserved

@@ -2,23 +2,25 @@
 
 librdkafka batches, retries within `producer.delivery_timeout` and (by
 default) deduplicates with an idempotent producer, so the daemon never
-re-publishes. `produce()` only enqueues and runs on the event loop; one
-thread per upstream serves delivery reports, stats and logs, and wakes the
-loop once per finished call. Delivery errors are translated here into our
-errors naming the target; nothing above this module sees a librdkafka type.
+re-publishes. Everything runs on the event loop, none of it blocking:
+`produce()` only enqueues, and a poller task serves delivery reports, stats
+and logs with `poll(0)`, every millisecond while messages are out. (A thread
+blocked in `poll()` would take the GIL once per delivery report, waiting out
+the interpreter's 5 ms switch interval each time the loop is busy.)
+Delivery errors become our errors naming the target here; nothing above
+this module sees a librdkafka type.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
-import grpc
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -27,6 +29,7 @@ from sidecar.errors import (
     ConfigError,
     InvalidRequestError,
     LimitExceededError,
+    PermissionDeniedError,
     SidecarError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -36,7 +39,8 @@ from sidecar.resilience.policy import Attempt
 
 log = logging.getLogger("sidecar.kafka")
 
-_POLL = 0.1  # seconds a poll blocks: how soon the delivery thread notices close()
+_BUSY_POLL = 0.001  # seconds between polls while messages await delivery reports
+_IDLE_POLL = 0.1  # ... and while none do (stats, logs, errors)
 _STATS_MS = 1000  # broker states for health(), and the stuck-producer check
 _QUEUE_MESSAGES = 100_000  # librdkafka's own default; the byte bound below is ours
 _QUEUE_KBYTES = 64 * 1024
@@ -56,12 +60,6 @@ _DOWN_REASONS = {
 }
 
 
-class TopicDeniedError(InvalidRequestError):
-    """PERMISSION_DENIED: a topic the target's `topics` allow-list (or the broker) refuses."""
-
-    grpc_status = grpc.StatusCode.PERMISSION_DENIED
-
-
 class Delivered(NamedTuple):
     partition: int
     offset: int
@@ -78,47 +76,33 @@ Outcome = Delivered | SidecarError
 
 
 class _Pending:
-    """One call's delivery reports, filled in by the delivery thread (or at enqueue)."""
+    """One call's outcomes, one per message, complete once every message has one."""
 
-    __slots__ = ("done", "left", "lock", "loop", "results", "target", "topic")
+    __slots__ = ("done", "left", "results", "target", "topic")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, target: str, topic: str, n: int) -> None:
-        self.loop = loop
         self.target = target
         self.topic = topic
         self.results: list[Outcome | None] = [None] * n
         self.left = n
-        self.lock = threading.Lock()
         self.done: asyncio.Future[None] = loop.create_future()
 
     def report(self, index: int, err: KafkaError | None, msg: Message) -> None:
-        """librdkafka's delivery callback (delivery thread)."""
+        """librdkafka's delivery callback."""
         if err is None:
-            self.results[index] = Delivered(msg.partition() or 0, msg.offset() or 0)
+            self.settle(index, Delivered(msg.partition() or 0, msg.offset() or 0))
         else:
-            self.results[index] = delivery_error(self.target, self.topic, err)
-        if self._count_down():
-            self.loop.call_soon_threadsafe(_finish, self.done)
+            self.settle(index, delivery_error(self.target, self.topic, err))
 
-    def fail(self, index: int, error: SidecarError) -> None:
-        """A message that never made it into the queue (event loop thread)."""
-        self.results[index] = error
-        if self._count_down():
-            _finish(self.done)
-
-    def _count_down(self) -> bool:
-        with self.lock:
-            self.left -= 1
-            return self.left == 0
-
-
-def _finish(done: asyncio.Future[None]) -> None:
-    if not done.done():  # cancelled when the caller's deadline came first
-        done.set_result(None)
+    def settle(self, index: int, outcome: Outcome) -> None:
+        self.results[index] = outcome
+        self.left -= 1
+        if self.left == 0 and not self.done.done():  # done: the deadline came first
+            self.done.set_result(None)
 
 
 class KafkaUpstream:
-    """The producer of one kafka target, its delivery thread, and broker reachability."""
+    """The producer of one kafka target, its poller, and broker reachability."""
 
     kind = "kafka"
 
@@ -129,9 +113,9 @@ class KafkaUpstream:
         self._retired: list[Producer] = []  # replaced producers, polled until empty
         self._generation = 0
         self._epochs = -1
-        self._thread: threading.Thread | None = None
-        self._closing = threading.Event()
-        self._flush_timeout = 0.0
+        self._poller: asyncio.Task[None] | None = None
+        self._closing = False
+        self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._brokers_up = True  # until librdkafka's first stats say otherwise
         self._down_reason: str | None = None
@@ -140,19 +124,27 @@ class KafkaUpstream:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._producer = self._new_producer()
-        self._thread = threading.Thread(
-            target=self._serve, name=f"kafka-{self.target.name}", daemon=True
-        )
-        self._thread.start()
+        self._poller = asyncio.create_task(self._poll())
 
     async def close(self, timeout: float) -> None:
         """Flush what callers handed over, for up to `timeout` seconds, then release."""
-        if self._thread is None:
+        if self._poller is None:
             return
-        self._flush_timeout = timeout
-        self._closing.set()
-        await asyncio.to_thread(self._thread.join)
-        self._thread = None
+        self._closing = True
+        self._poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._poller
+        self._poller = None
+        deadline = time.monotonic() + timeout
+        for producer in [p for p in (self._producer, *self._retired) if p is not None]:
+            while len(producer) and time.monotonic() < deadline:
+                producer.poll(0)
+                await asyncio.sleep(_BUSY_POLL)
+            if len(producer):
+                log.warning("kafka messages not delivered before drain_timeout", extra={
+                    "fields": {"target": self.target.name, "messages": len(producer)}})
+                producer.purge(blocking=False)
+                producer.poll(0)
         self._producer = None
         self._retired.clear()
 
@@ -176,7 +168,7 @@ class KafkaUpstream:
         if not topic:
             raise InvalidRequestError(f"target {name!r}: topic is empty")
         if not any(p.fullmatch(topic) for p in self.target.topic_patterns):
-            raise TopicDeniedError(f"target {name!r}: topic {topic!r} is not allowed (topics)")
+            raise PermissionDeniedError(f"target {name!r}: topic {topic!r} is not allowed (topics)")
 
     async def publish(
         self, topic: str, messages: Sequence[OutgoingMessage | SidecarError], time_left: float
@@ -192,21 +184,22 @@ class KafkaUpstream:
         producer, loop = self._producer, self._loop
         if time_left <= 0:
             return [UpstreamTimeoutError(f"target {name!r}: deadline exceeded")] * len(messages)
-        if producer is None or loop is None or self._closing.is_set():
+        if producer is None or loop is None or self._closing:
             return [UpstreamUnavailableError(f"target {name!r}: shutting down")] * len(messages)
         pending = _Pending(loop, name, topic, len(messages))
         for i, m in enumerate(messages):
             if isinstance(m, SidecarError):
-                pending.fail(i, m)
+                pending.settle(i, m)
                 continue
             try:
                 producer.produce(topic, m.value, m.key, m.partition,
                                  on_delivery=partial(pending.report, i), headers=m.headers)
             except BufferError:
-                pending.fail(i, LimitExceededError(
+                pending.settle(i, LimitExceededError(
                     f"target {name!r}: producer queue full, try again later"))
             except KafkaException as e:
-                pending.fail(i, delivery_error(name, topic, e.args[0]))
+                pending.settle(i, delivery_error(name, topic, e.args[0]))
+        self._wake.set()
         done = pending.done
         await asyncio.wait((done,), timeout=time_left - min(_REPLY_MARGIN, time_left / 10))
         done.cancel()
@@ -235,38 +228,34 @@ class KafkaUpstream:
             reason = _redact(str(e.args[0].str()), self.target)
             raise ConfigError([f"targets.{self.target.name}.producer: {reason}"]) from None
 
-    def _serve(self) -> None:
-        """The delivery thread: serve callbacks until close, then flush."""
-        while not self._closing.is_set():
+    async def _poll(self) -> None:
+        """Serve librdkafka's callbacks: often while messages are out, else seldom."""
+        while True:
             producer = self._producer
             assert producer is not None
-            producer.poll(_POLL)
+            producer.poll(0)
             for old in list(self._retired):
                 old.poll(0)
                 if len(old) == 0:
                     self._retired.remove(old)
-        self._flush()
-
-    def _flush(self) -> None:
-        """Deliver what is queued within the flush timeout; fail what is left over."""
-        deadline = time.monotonic() + self._flush_timeout
-        for producer in [p for p in (self._producer, *self._retired) if p is not None]:
-            left = producer.flush(max(deadline - time.monotonic(), 0.0))
-            if left:
-                log.warning("kafka messages not delivered before drain_timeout", extra={
-                    "fields": {"target": self.target.name, "messages": left}})
-                producer.purge()
-                producer.poll(0)
+            if len(producer) or self._retired:
+                await asyncio.sleep(_BUSY_POLL)
+            else:
+                self._wake.clear()  # publish() sets it: no idle wait before its reports
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), _IDLE_POLL)
 
     def _replace(self, reason: str) -> None:
         """Retire a producer that cannot deliver any more; its callers get purge reports."""
+        if self._closing:
+            return  # close() is flushing the producers it has
         log.warning("kafka producer replaced: %s", reason,
                     extra={"fields": {"target": self.target.name}})
         old = self._producer
         self._producer = self._new_producer()
         self.replaced += 1
         if old is not None:
-            old.purge()
+            old.purge(blocking=False)
             self._retired.append(old)
 
     def _on_error(self, gen: int, err: KafkaError) -> None:
@@ -353,7 +342,7 @@ def delivery_error(target: str, topic: str, err: KafkaError) -> SidecarError:
     if code == KafkaError._QUEUE_FULL:
         return LimitExceededError(f"{where}: producer queue full, try again later")
     if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
-        return TopicDeniedError(f"{where}: the brokers refuse writes to topic {topic!r}")
+        return PermissionDeniedError(f"{where}: the brokers refuse writes to topic {topic!r}")
     if code in _NO_TOPIC:
         return InvalidRequestError(f"{where}: topic {topic!r} does not exist")
     if code == KafkaError._UNKNOWN_PARTITION:
