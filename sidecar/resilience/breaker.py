@@ -88,6 +88,8 @@ class Breaker:
             self._trial = False
         elif self._cb.current_state != CLOSED:
             return
+        elif not fault and self._cb.fail_counter == 0:
+            return  # the common case: nothing for the state machine to change
         if fault:
             with contextlib.suppress(_Fault, pybreaker.CircuitBreakerError):
                 self._cb.call(_fail)
