@@ -45,7 +45,9 @@ _STATS_MS = 1000  # broker states for health(), and the stuck-producer check
 _QUEUE_MESSAGES = 100_000  # librdkafka's own default; the byte bound below is ours
 _QUEUE_KBYTES = 64 * 1024
 _FRAMING = 64 * 1024  # message.max.bytes headroom over max_message_bytes (record framing)
-_STUCK_EPOCH_BUMPS = 5  # per stats interval: the brokers keep refusing our producer id
+# Producer-epoch bumps with no delivery in between: the brokers keep refusing our
+# producer id (a broker that lost its state), whatever the rate of bumps.
+_STUCK_EPOCH_BUMPS = 5
 _RECONNECT_MAX_MS = 2000  # librdkafka's 10 s default would delay recovery after an outage
 _REPLY_MARGIN = 0.05  # seconds before the caller's deadline we answer ourselves
 _CONNECTED = frozenset({"UP", "UPDATE"})
@@ -137,14 +139,17 @@ class KafkaUpstream:
         self._poller = None
         deadline = time.monotonic() + timeout
         for producer in [p for p in (self._producer, *self._retired) if p is not None]:
-            while len(producer) and time.monotonic() < deadline:
-                producer.poll(0)
-                await asyncio.sleep(_BUSY_POLL)
+            # A fatal error surfaces from poll(); what is left is then purged below.
+            with contextlib.suppress(KafkaException):
+                while len(producer) and time.monotonic() < deadline:
+                    producer.poll(0)
+                    await asyncio.sleep(_BUSY_POLL)
             if len(producer):
                 log.warning("kafka messages not delivered before drain_timeout", extra={
                     "fields": {"target": self.target.name, "messages": len(producer)}})
                 producer.purge(blocking=False)
-                producer.poll(0)
+                with contextlib.suppress(KafkaException):
+                    producer.poll(0)
         self._producer = None
         self._retired.clear()
 
@@ -208,6 +213,8 @@ class KafkaUpstream:
             f"{f' ({self._down_reason})' if self._down_reason else ''}; "
             "the message may still be delivered"
         )
+        if any(isinstance(r, Delivered) for r in pending.results):
+            self._epochs = -1  # delivering: epoch bumps so far were not a stuck producer
         return [late if r is None else r for r in pending.results]
 
     def _new_producer(self) -> Producer:
@@ -233,9 +240,13 @@ class KafkaUpstream:
         while True:
             producer = self._producer
             assert producer is not None
-            producer.poll(0)
+            try:
+                producer.poll(0)
+            except KafkaException as e:  # a fatal error surfaces here too: replace it
+                self._replace(f"fatal error {e.args[0].name()}")
             for old in list(self._retired):
-                old.poll(0)
+                with contextlib.suppress(KafkaException):
+                    old.poll(0)
                 if len(old) == 0:
                     self._retired.remove(old)
             if len(producer) or self._retired:
@@ -276,9 +287,9 @@ class KafkaUpstream:
         up = any(b.get("state") in _CONNECTED for b in stats.get("brokers", {}).values())
         self._set_up(up, self._down_reason)
         epochs = int(stats.get("eos", {}).get("producer_epoch", 0))
-        stuck = self._epochs >= 0 and epochs - self._epochs >= _STUCK_EPOCH_BUMPS
-        self._epochs = epochs
-        if up and stuck:
+        if self._epochs < 0:
+            self._epochs = epochs  # the baseline since the last delivery
+        if up and epochs - self._epochs >= _STUCK_EPOCH_BUMPS:
             # A broker that lost its state (a fresh cluster on the same address)
             # refuses our producer id for good; a new producer gets a new one.
             self._replace("the brokers keep refusing its producer id")
