@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -110,7 +111,9 @@ def _app(up: HttpUpstream) -> web.Application:
     return app
 
 
-def run_http_upstream(unix_path: str | None = None) -> tuple[HttpUpstream, threading.Thread]:
+def run_http_upstream(
+    unix_path: str | None = None, ssl_context: ssl.SSLContext | None = None
+) -> tuple[HttpUpstream, threading.Thread]:
     up = HttpUpstream(port=0 if unix_path else free_port(), unix_path=unix_path)
     ready = threading.Event()
 
@@ -121,7 +124,8 @@ def run_http_upstream(unix_path: str | None = None) -> tuple[HttpUpstream, threa
         up._runner = runner
         loop.run_until_complete(runner.setup())
         site: web.BaseSite = (web.UnixSite(runner, unix_path) if unix_path
-                              else web.TCPSite(runner, "127.0.0.1", up.port))
+                              else web.TCPSite(runner, "127.0.0.1", up.port,
+                                               ssl_context=ssl_context))
         loop.run_until_complete(site.start())
         ready.set()
         loop.run_forever()

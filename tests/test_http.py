@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import ssl
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar._generated import sidecar_pb2, sidecar_pb2_grpc
@@ -235,3 +237,34 @@ def test_http_cli(web_daemon: Daemon) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("HTTP 418")
     assert out.stdout.rstrip().endswith("status 418")
+
+
+def test_https_upstream_with_mtls(
+    daemon_factory: Callable[..., Daemon], short_dir: Path
+) -> None:
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("web.internal")
+    client_cert = ca.issue_cert("sidecar.client")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert.configure_cert(server_ctx)
+    ca.configure_trust(server_ctx)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED  # mTLS: the daemon must show its cert
+    files = {name: str(short_dir / f"{name}.pem") for name in ("ca", "cert", "key")}
+    ca.cert_pem.write_to_path(files["ca"])
+    client_cert.cert_chain_pems[0].write_to_path(files["cert"])
+    client_cert.private_key_pem.write_to_path(files["key"])
+    up, thread = run_http_upstream(ssl_context=server_ctx)
+    try:
+        config = http_config(str(short_dir / "app.sock"), f"https://127.0.0.1:{up.port}",
+                             tls={"ca_file": files["ca"], "cert_file": files["cert"],
+                                  "key_file": files["key"], "server_name": "web.internal"})
+        config["targets"]["plain"] = {  # same server, no client certificate: refused
+            "kind": "http", "base_url": f"https://127.0.0.1:{up.port}",
+            "tls": {"ca_file": files["ca"], "server_name": "web.internal"}}
+        d = daemon_factory(config)
+        reply = call(d, "POST", "/echo", b"over mTLS")
+        assert reply.status == 200 and reply.body == b"over mTLS"
+        err = error_of(d, "GET", "/echo", target="plain")
+        assert err.code() is grpc.StatusCode.UNAVAILABLE and "'plain'" in err.details()
+    finally:
+        stop_http_upstream(up, thread)
