@@ -233,9 +233,6 @@ class Config:
     defaults: Defaults = field(default_factory=Defaults)
     source: str | None = None
 
-    def grpc_targets(self) -> dict[str, GrpcTarget]:
-        return {n: t for n, t in self.targets.items() if isinstance(t, GrpcTarget)}
-
     @property
     def max_message(self) -> int:
         """A listener takes the largest `max_message` of the targets it can reach."""
