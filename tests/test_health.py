@@ -120,3 +120,15 @@ def test_admin_on_unix_socket(
                          capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert out.returncode == 0
     assert orjson.loads(out.stdout)["targets"]["up"]["kind"] == "grpc"
+
+
+def test_readyz_reports_a_down_required_target_before_any_call(
+    daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream
+) -> None:
+    port = free_port()
+    _two_target_daemon(daemon_factory, short_dir, upstream, admin_port=port)
+    deadline = time.monotonic() + 5
+    while (status := _get(f"http://127.0.0.1:{port}/readyz"))[0] != 503:
+        assert time.monotonic() < deadline, "a required target that is down kept /readyz 200"
+        time.sleep(0.05)
+    assert "'down'" in orjson.loads(status[1])["reasons"][0]

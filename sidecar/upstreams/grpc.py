@@ -90,9 +90,10 @@ class GrpcUpstream:
         return callable_(metadata=metadata, timeout=timeout)
 
     def health(self) -> bool:
-        """False while every channel is failing to connect."""
+        """False while every channel is failing to connect. Asking also connects an idle
+        channel, so health is known (and connections warm) before the first call."""
         failing = grpc.ChannelConnectivity.TRANSIENT_FAILURE
-        return any(c.get_state(try_to_connect=False) != failing for c in self._channels)
+        return any(c.get_state(try_to_connect=True) != failing for c in self._channels)
 
     def stats(self) -> dict[str, Any]:
         states = [c.get_state(try_to_connect=False).name.lower() for c in self._channels]
