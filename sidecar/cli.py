@@ -54,6 +54,15 @@ def run(config_path: str) -> None:
 def check_config(config_path: str) -> None:
     """Validate a config: exit 0 if valid, else 1 and one line per problem."""
     config = _load(config_path)
+    from sidecar.config import KafkaTarget
+    from sidecar.upstreams.kafka import producer_problems
+
+    problems = [line for target in config.targets.values() if isinstance(target, KafkaTarget)
+                for line in producer_problems(target)]
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        sys.exit(1)
     click.echo(f"{config_path}: ok ({len(config.listeners)} listeners, "
                f"{len(config.targets)} targets)")
 

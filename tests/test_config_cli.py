@@ -88,3 +88,23 @@ def test_missing_config_file_exits_one_naming_the_file(tmp_path: Path) -> None:
     assert result.returncode == 1
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"{path}: ")
+
+
+def test_check_config_reports_producer_settings_librdkafka_refuses(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(
+        "listeners: [{name: app, socket: /tmp/x.sock}]\n"
+        "targets:\n"
+        "  events:\n"
+        "    kind: kafka\n"
+        "    bootstrap_servers: ['127.0.0.1:9']\n"
+        "    producer: {config: {no.such.setting: hunter2}}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "check-config", "--config", str(path)],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("targets.events.producer: ")
+    assert "no.such.setting" in lines[0] and "hunter2" not in lines[0]

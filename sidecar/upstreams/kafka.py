@@ -319,6 +319,26 @@ class _ClientLog:
         log.log(level, fmt, *args, extra=self._extra)
 
 
+def producer_problems(target: KafkaTarget) -> list[str]:
+    """What librdkafka refuses in a target's producer settings, without connecting
+    (for `check-config`); values are never quoted."""
+    config = {**producer_config(target), "logger": _Silent()}
+    config.pop("bootstrap.servers", None)  # a producer with no brokers never connects
+    try:
+        Producer(config)
+    except KafkaException as e:
+        reason = _redact(str(e.args[0].str()), target)
+        return [f"targets.{target.name}.producer: {reason}"]
+    return []
+
+
+class _Silent:
+    """Drops librdkafka's log lines (a validation-only producer has nothing to say)."""
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        return None
+
+
 def producer_config(target: KafkaTarget) -> dict[str, Any]:
     """librdkafka settings from the target; `producer.config` pairs apply last."""
     p = target.producer
