@@ -10,12 +10,9 @@ See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import signal
 import sys
-import tempfile
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +20,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from _cli import add_window_options
+from _cli import add_window_options, run_bench
 from _load import LOADS, METHOD, LoadSpec, Meter
 from _procs import BenchError, Child, running, wait_ready
 from _report import Sample, compare, comparison_table, sample_of, summarize, summary_table
@@ -214,28 +211,17 @@ def _preflight(opts: Options) -> None:
                          "nghttp2-client)")
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    sys.exit(128 + signum)  # unwinds, so the children are stopped and the temp dir removed
-
-
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    work = Path(tempfile.mkdtemp(prefix="scb-", dir="/tmp"))  # short: sun_path is 108 bytes
-    try:
+
+    def body(work: Path) -> dict[str, object]:
         _preflight(opts)
         with ExitStack() as stack:
             sockets, meter = start_servers(opts, work, stack)
             samples = run_rounds(opts, sockets, meter, work)
-        results = report(opts, samples)
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if opts.json_path is not None:
-        opts.json_path.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+        return report(opts, samples)
+
+    return run_bench("scb-", opts.json_path, body)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,11 @@ writes every sample. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -30,7 +27,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar._generated import sidecar_pb2, sidecar_pb2_grpc
 
-from _cli import add_window_options
+from _cli import add_window_options, run_bench
 from _load import WATCHDOG_SLACK, LoadResult, Meter, _parse, _read_line, _release
 from _procs import BenchError, Child, running, wait_ready
 from _report import Sample, Summary, _cell, _table, sample_of, summarize, summary_table
@@ -295,10 +292,6 @@ def _preflight(opts: Options) -> None:
         raise BenchError("not installed: nginx (apt-get install -y nginx-light)")
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    sys.exit(128 + signum)  # unwinds, so the children are stopped and the temp dir removed
-
-
 def run(opts: Options, work: Path) -> list[Sample]:
     with ExitStack() as stack:
         base_url, upstream = start_upstream(opts, work, stack)
@@ -310,19 +303,12 @@ def run(opts: Options, work: Path) -> list[Sample]:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    work = Path(tempfile.mkdtemp(prefix="scbh-", dir="/tmp"))  # short: sun_path is 108 bytes
-    try:
+
+    def body(work: Path) -> dict[str, object]:
         _preflight(opts)
-        results = report(opts, run(opts, work))
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if opts.json_path is not None:
-        opts.json_path.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+        return report(opts, run(opts, work))
+
+    return run_bench("scbh-", opts.json_path, body)
 
 
 if __name__ == "__main__":
