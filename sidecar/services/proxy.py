@@ -147,8 +147,9 @@ class _ProxiedCall:
         verdict = classify(self._code, self._error, self._upstream.retry_on)
         verdict.committed = self._committed
         verdict.retryable = verdict.retryable and self._requests.replayable
-        pushback = dict(self._trailers).get(PUSHBACK_KEY)
-        verdict.pushback = grpc_pushback(pushback if isinstance(pushback, str) else None)
+        if verdict.retryable:  # pushback only matters to a retry
+            pushback = dict(self._trailers).get(PUSHBACK_KEY)
+            verdict.pushback = grpc_pushback(pushback if isinstance(pushback, str) else None)
         return verdict
 
     async def deliver(self) -> grpc.StatusCode:
