@@ -22,6 +22,11 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+# Tests import the waiting helpers from here: `from tests.conftest import eventually`.
+from tests.waiting import GiveUp as GiveUp
+from tests.waiting import eventually as eventually
+from tests.waiting import eventually_async as eventually_async
+
 ROOT = Path(__file__).resolve().parent.parent
 # Fixture modules for other real servers (loaded after this module).
 pytest_plugins = ["tests.http_upstream"]
@@ -243,21 +248,18 @@ class Daemon:
 def wait_serving(socket_path: str, timeout: float = 15.0,
                  process: subprocess.Popen[bytes] | None = None) -> None:
     """Poll the health service on the socket until SERVING, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def serving() -> None:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"daemon exited with {process.returncode} before serving")
-        if os.path.exists(socket_path):
-            with grpc.insecure_channel(f"unix:{socket_path}") as ch:
-                try:
-                    reply = health_pb2_grpc.HealthStub(ch).Check(
-                        health_pb2.HealthCheckRequest(), timeout=0.5)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-        time.sleep(0.02)
-    raise TimeoutError(f"daemon not serving on {socket_path} after {timeout}s")
+            raise GiveUp(f"daemon exited with {process.returncode} before serving")
+        assert os.path.exists(socket_path), f"no socket file at {socket_path}"
+        with grpc.insecure_channel(f"unix:{socket_path}") as ch:
+            reply = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(), timeout=0.5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, (
+            f"health says {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
+
+    eventually(serving, timeout=timeout)
 
 
 def write_config(path: Path, config: dict[str, Any]) -> None:
