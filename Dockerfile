@@ -27,6 +27,10 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
         --home-dir /nonexistent --shell /usr/sbin/nologin sidecar \
  && install -d -o sidecar -g sidecar -m 0750 /run/sidecar
 COPY config/sidecar.yaml /etc/sidecar/sidecar.yaml
+# The API's .proto files, to generate clients in other languages (docs/connecting.md):
+# /usr/share/sidecar/protos/sidecar/v1/sidecar.proto. The package has the same file
+# beside its generated Python code (sidecar/v1/sidecar.proto in site-packages).
+COPY protos /usr/share/sidecar/protos
 
 USER sidecar:sidecar
 # The sockets: share this volume with the application's container.
