@@ -55,6 +55,8 @@ class Seen:
 
     method: str
     metadata: dict[str, str | bytes]
+    time_remaining: float  # seconds to the call's deadline on arrival (about 9e18: none)
+    cancelled: bool = False  # Slow and Hold: the call ended (deadline, cancel) while they waited
 
 
 @dataclass
@@ -65,7 +67,9 @@ class Upstream:
     big-endian, of the request, the rest is the payload); ClientStream returns
     all requests joined; Bidi echoes each message; Fail aborts with the code
     named in `fail-code` metadata, details from `fail-details`, and a trailer
-    `fail-trailer: yes`; Slow sleeps `sleep-ms` then echoes.
+    `fail-trailer: yes`; Slow sleeps `sleep-ms` then echoes; Hold echoes once
+    `release` is set. Slow and Hold note a call that ends while they wait in its
+    `Seen.cancelled` and in `cancelled`.
     """
 
     address: str
@@ -73,6 +77,7 @@ class Upstream:
     server: grpc.Server
     seen: list[Seen] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)  # lets Hold calls end
     outage: grpc.StatusCode | None = None  # Flaky methods fail with this while set
     tries: dict[str, int] = field(default_factory=dict)  # attempts per request-id
     received: list[list[bytes]] = field(default_factory=list)  # FlakyStream's requests
@@ -81,13 +86,18 @@ class Upstream:
         return sum(1 for s in self.seen if s.method == method)
 
     def stop(self) -> None:
+        self.release.set()
         self.server.stop(0).wait()
 
 
 def _record(up: Upstream, method: str, context: grpc.ServicerContext) -> dict[str, Any]:
-    md = {k: v for k, v in context.invocation_metadata()}
-    up.seen.append(Seen(method, md))
-    return md
+    return _seen(up, method, context).metadata
+
+
+def _seen(up: Upstream, method: str, context: grpc.ServicerContext) -> Seen:
+    seen = Seen(method, dict(context.invocation_metadata()), context.time_remaining())
+    up.seen.append(seen)
+    return seen
 
 
 def _handlers(up: Upstream) -> grpc.GenericRpcHandler:
@@ -118,15 +128,26 @@ def _handlers(up: Upstream) -> grpc.GenericRpcHandler:
         context.abort(code, str(md.get("fail-details", "upstream says no")))
         raise AssertionError
 
-    def slow(request: bytes, context: grpc.ServicerContext) -> bytes:
-        md = _record(up, "Slow", context)
-        deadline = time.monotonic() + int(str(md.get("sleep-ms", "1000"))) / 1000
-        while time.monotonic() < deadline:
+    def wait_unless_cancelled(seen: Seen, context: grpc.ServicerContext,
+                              done: Callable[[], bool]) -> bool:
+        """Wait until `done()`; False (noted as cancelled) if the call ends first."""
+        while not done():
             if not context.is_active():
+                seen.cancelled = True
                 up.cancelled.set()
-                return b""
+                return False
             time.sleep(0.005)
-        return request
+        return True
+
+    def slow(request: bytes, context: grpc.ServicerContext) -> bytes:
+        seen = _seen(up, "Slow", context)
+        until = time.monotonic() + int(str(seen.metadata.get("sleep-ms", "1000"))) / 1000
+        ended = wait_unless_cancelled(seen, context, lambda: time.monotonic() >= until)
+        return request if ended else b""
+
+    def hold(request: bytes, context: grpc.ServicerContext) -> bytes:
+        seen = _seen(up, "Hold", context)
+        return request if wait_unless_cancelled(seen, context, up.release.is_set) else b""
 
     def flaky_failure(md: dict[str, Any], context: grpc.ServicerContext) -> None:
         rid = str(md.get("request-id"))
@@ -167,6 +188,7 @@ def _handlers(up: Upstream) -> grpc.GenericRpcHandler:
         "/test.Echo/Bidi": grpc.stream_stream_rpc_method_handler(bidi),
         "/test.Echo/Fail": grpc.unary_unary_rpc_method_handler(fail),
         "/test.Echo/Slow": grpc.unary_unary_rpc_method_handler(slow),
+        "/test.Echo/Hold": grpc.unary_unary_rpc_method_handler(hold),
     }
 
     class Handler(grpc.GenericRpcHandler):
@@ -227,6 +249,16 @@ class Daemon:
 
     def log_lines(self) -> list[str]:
         return self.log_path.read_text().splitlines()
+
+    def wait_log(self, needle: str, timeout: float = 10.0) -> list[str]:
+        """The log lines containing `needle`, once there is at least one."""
+
+        def found() -> list[str]:
+            lines = [ln for ln in self.log_lines() if needle in ln]
+            assert lines, f"no line of {self.log_path.name} contains {needle!r}"
+            return lines
+
+        return eventually(found, timeout)
 
     def signal(self, sig: int) -> None:
         self.process.send_signal(sig)
