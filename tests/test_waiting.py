@@ -36,6 +36,18 @@ def test_times_out_with_the_last_errors_message() -> None:
     assert isinstance(caught.value.__cause__, AssertionError)
 
 
+def test_a_failed_pytest_raises_inside_a_check_means_not_yet() -> None:
+    calls = itertools.count(1)
+
+    def refused() -> None:
+        with pytest.raises(ConnectionRefusedError):
+            if next(calls) >= 3:
+                raise ConnectionRefusedError
+
+    eventually(refused, timeout=30, interval=0.01)
+    assert next(calls) == 4
+
+
 def test_a_false_predicate_times_out_naming_its_source() -> None:
     with pytest.raises(AssertionError, match=r"still false after 0.1s: .*lambda: 1 == 2"):
         eventually(lambda: 1 == 2, timeout=0.1)

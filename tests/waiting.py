@@ -2,9 +2,9 @@
 
 A check is either a predicate (holds when it returns a truthy value) or an
 assertion (holds when it returns None without raising). Any exception a check
-raises means "not yet", except `GiveUp`, which ends the wait at once. On
-timeout the wait fails with the check's source and its last failure, so the
-test says what it waited for and what it saw last.
+raises (a failed `pytest.raises` too) means "not yet", except `GiveUp`, which
+ends the wait at once. On timeout the wait fails with the check's source and
+its last failure, so the test says what it waited for and what it saw last.
 """
 
 from __future__ import annotations
@@ -15,7 +15,12 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import pytest
+
 T = TypeVar("T")
+# What a check raises for "not yet": any error, and pytest.raises/fail inside a check
+# (pytest's Failed is a BaseException).
+_NOT_YET = (Exception, pytest.fail.Exception)
 
 
 class GiveUp(Exception):
@@ -26,13 +31,13 @@ def eventually(check: Callable[[], T], timeout: float = 10.0, interval: float = 
     """Call `check` every `interval` s until it holds; return its result, or fail at `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
-        failure: Exception | None = None
+        failure: BaseException | None = None
         last: Any = None
         try:
             result = check()
         except GiveUp:
             raise
-        except Exception as exc:
+        except _NOT_YET as exc:
             failure = exc
         else:
             if inspect.iscoroutine(result):
@@ -51,14 +56,14 @@ async def eventually_async(check: Callable[[], Any], timeout: float = 10.0,
     """`eventually` for event-loop code: `check` may be a coroutine function."""
     deadline = time.monotonic() + timeout
     while True:
-        failure: Exception | None = None
+        failure: BaseException | None = None
         try:
             result = check()
             if inspect.isawaitable(result):
                 result = await result
         except GiveUp:
             raise
-        except Exception as exc:
+        except _NOT_YET as exc:
             result, failure = None, exc
         else:
             if result is None or result:
@@ -69,7 +74,7 @@ async def eventually_async(check: Callable[[], Any], timeout: float = 10.0,
 
 
 def _fail(check: Callable[[], Any], timeout: float, result: Any,
-          failure: Exception | None) -> None:
+          failure: BaseException | None) -> None:
     what = _describe(check)
     if failure is None:
         raise AssertionError(f"still false after {timeout}s: {what} (last returned {result!r})")
