@@ -19,9 +19,9 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.conftest import free_port
+from tests.conftest import GiveUp, eventually, free_port
 
-READY_TIMEOUT = 10.0
+READY_TIMEOUT = 20.0
 
 
 @dataclass
@@ -42,16 +42,14 @@ class Broker:
             [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tansu exited with {self.process.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.01)
-        raise TimeoutError(f"tansu not listening on {self.bootstrap} after {READY_TIMEOUT}s")
+        process = self.process
+
+        def listening() -> None:
+            if process.poll() is not None:
+                raise GiveUp(f"tansu exited with {process.returncode}")
+            socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+
+        eventually(listening, READY_TIMEOUT, interval=0.01)
 
     def stop(self) -> None:
         """Kill at once (tansu takes seconds over a graceful stop) and free the port."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -19,7 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar._generated import sidecar_pb2, sidecar_pb2_grpc
-from tests.conftest import ROOT, Daemon, basic_config, free_port
+from tests.conftest import ROOT, Daemon, basic_config, eventually, free_port
 from tests.kafka_broker import Broker, broker
 
 __all__ = ["broker"]  # the fixture, imported for pytest
@@ -56,14 +55,6 @@ def _code(d: Daemon, request: Any, timeout: float = 5) -> tuple[grpc.StatusCode,
         except grpc.RpcError as e:
             return e.code(), e.details()
     return grpc.StatusCode.OK, ""
-
-
-def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {timeout}s")
-        time.sleep(0.05)
 
 
 def _target_health(d: Daemon) -> int:
@@ -183,19 +174,18 @@ def test_broker_outage_fails_within_the_deadline_then_publishing_resumes_without
     assert _code(d, _request(topic))[0] is grpc.StatusCode.OK
     broker.stop()
     for _ in range(3):
-        started = time.monotonic()
+        # The daemon's own answer, before the caller's deadline (the caller's client would
+        # say DEADLINE_EXCEEDED) and well before the 3 s delivery timeout.
         code, details = _code(d, _request(topic), timeout=1.0)
-        assert time.monotonic() - started < 1.0
         assert code is grpc.StatusCode.UNAVAILABLE
         assert "target 'events' unreachable" in details
     code, details = _code(d, _request(topic), timeout=1.0)
     assert code is grpc.StatusCode.UNAVAILABLE and "circuit open" in details
-    _wait_for(lambda: _target_health(d) == NOT_SERVING, 5, "target NOT_SERVING")
+    eventually(lambda: _target_health(d) == NOT_SERVING)
     broker.start()
-    _wait_for(lambda: _code(d, _request(topic), timeout=2)[0] is grpc.StatusCode.OK,
-              20, "publishing after the broker came back")
+    eventually(lambda: _code(d, _request(topic), timeout=2)[0] is grpc.StatusCode.OK, 30)
     assert _code(d, _request(topic))[0] is grpc.StatusCode.OK
-    _wait_for(lambda: _target_health(d) == SERVING, 5, "target SERVING")
+    eventually(lambda: _target_health(d) == SERVING)
 
 
 def test_health_and_readiness_follow_broker_reachability(
@@ -205,11 +195,11 @@ def test_health_and_readiness_follow_broker_reachability(
     admin = f"127.0.0.1:{free_port()}"
     config["admin"] = {"address": admin}
     d = daemon_factory(config)
-    _wait_for(lambda: _ready(admin) and _target_health(d) == SERVING, 5, "ready")
+    eventually(lambda: _ready(admin) and _target_health(d) == SERVING)
     broker.stop()
-    _wait_for(lambda: not _ready(admin) and _target_health(d) == NOT_SERVING, 10, "not ready")
+    eventually(lambda: not _ready(admin) and _target_health(d) == NOT_SERVING, 20)
     broker.start()
-    _wait_for(lambda: _ready(admin) and _target_health(d) == SERVING, 10, "ready again")
+    eventually(lambda: _ready(admin) and _target_health(d) == SERVING, 20)
 
 
 def test_full_producer_queue_is_resource_exhausted(
