@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, ClassVar
 
 import pytest
@@ -11,6 +10,7 @@ from confluent_kafka import KafkaError, KafkaException
 import sidecar.upstreams.kafka as kafka
 from sidecar.config import KafkaTarget
 from sidecar.config_loader import parse_config
+from tests.conftest import eventually_async
 
 
 class FatalOnce:
@@ -49,10 +49,7 @@ async def test_fatal_error_from_poll_replaces_the_producer_and_polling_goes_on(
     assert isinstance(target, KafkaTarget)
     upstream = kafka.KafkaUpstream(target)
     await upstream.start()
-    for _ in range(100):
-        await asyncio.sleep(0.01)
-        if len(FatalOnce.made) == 2 and FatalOnce.made[1].polls > 0:
-            break
+    await eventually_async(lambda: len(FatalOnce.made) == 2 and FatalOnce.made[1].polls > 0)
     assert upstream.replaced == 1
     assert FatalOnce.made[1].polls > 0  # the poller kept going with the new producer
     await upstream.close(0.1)

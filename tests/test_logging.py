@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,13 +11,6 @@ import orjson
 from tests.conftest import Daemon, Upstream, basic_config, write_config
 
 SECRET = "tok-9f8e7d6c5b4a"
-
-
-def _wait_for_line(d: Daemon, needle: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(needle in ln for ln in d.log_lines()):
-        assert time.monotonic() < deadline, f"no log line with {needle!r}"
-        time.sleep(0.02)
 
 
 def test_secrets_never_reach_the_log(
@@ -35,7 +27,7 @@ def test_secrets_never_reach_the_log(
     bad = dict(config, drain_timeout="${BILLING_KEY}")  # invalid, and the value is a secret
     write_config(d.config_path, bad)
     d.signal(signal.SIGHUP)
-    _wait_for_line(d, "reload refused")
+    d.wait_log("reload refused")
     d.stop()
     text = d.log_path.read_text()
     assert "drain_timeout" in text
