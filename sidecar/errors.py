@@ -11,6 +11,7 @@ SidecarError                      any failure the daemon reports to a caller
 ├── LimitExceededError            RESOURCE_EXHAUSTED: over a concurrency or size limit
 └── UpstreamError                 the daemon could not get an answer from a target
     ├── UpstreamUnavailableError  UNAVAILABLE: unreachable, circuit open
+    │   └── CircuitOpenError      the breaker refused the call (not an upstream fault itself)
     └── UpstreamTimeoutError      DEADLINE_EXCEEDED
 
 Messages name the target and the reason and never carry a secret: they are
@@ -70,6 +71,10 @@ class UpstreamError(SidecarError):
 
 class UpstreamUnavailableError(UpstreamError):
     grpc_status = grpc.StatusCode.UNAVAILABLE
+
+
+class CircuitOpenError(UpstreamUnavailableError):
+    """Failing fast while the breaker is open; the fault that opened it stays `last_error`."""
 
 
 class UpstreamTimeoutError(UpstreamError):

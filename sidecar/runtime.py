@@ -101,6 +101,7 @@ class Runtime:
                     "state": policy.breaker.state,
                     "for_s": round(now - policy.breaker.changed_at, 3),
                     "transitions": policy.breaker.transitions,
+                    "rejected": counters["circuit_rejected"],
                 },
                 "retry_budget": round(policy.budget.balance(now), 3),
                 "in_flight": counters.pop("in_flight"),

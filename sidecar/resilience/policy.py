@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sidecar.config import Target
-from sidecar.errors import LimitExceededError, UpstreamUnavailableError
+from sidecar.errors import CircuitOpenError, LimitExceededError, SidecarError
 from sidecar.resilience.backoff import full_jitter
 from sidecar.resilience.breaker import CLOSED, OPEN, Breaker
 from sidecar.resilience.budget import RetryBudget
@@ -45,7 +45,7 @@ class Counters:
     circuit_rejected: int = 0
     faults: int = 0
     in_flight: int = 0
-    last_error: str | None = None
+    last_error: str | None = None  # the last failure a caller got, never a circuit-open one
     last_error_at: float | None = None
 
 
@@ -72,6 +72,9 @@ class TargetPolicy:
         )
         self.breaker = Breaker(target.breaker.failures, target.breaker.reset, clock,
                                self._breaker_changed)
+        self._circuit_open = (
+            f"target {target.name!r}: circuit open after repeated upstream failures"
+        )
 
     def admit(self) -> None:
         """Take an in-flight slot, or shed the call at once."""
@@ -102,9 +105,7 @@ class TargetPolicy:
                 self.counters.circuit_rejected += 1
                 if last is not None:
                     return last
-                raise UpstreamUnavailableError(
-                    f"target {self.target.name!r}: circuit open after repeated upstream failures"
-                )
+                raise CircuitOpenError(self._circuit_open)
             started = self._clock()
             remaining = max(deadline - started, 0.0)
             self.counters.attempts += 1
@@ -148,8 +149,13 @@ class TargetPolicy:
             return None
         return delay
 
-    def note_error(self, message: str) -> None:
-        self.counters.last_error = message
+    def note_error(self, error: SidecarError | str) -> None:
+        """Remember the failure a caller got. The breaker's own fail-fast refusals are
+        not noted (they are counted in `circuit_rejected`), so `last_error` keeps the
+        upstream fault that opened it; as text, the refusal is known by its message."""
+        if isinstance(error, CircuitOpenError) or error == self._circuit_open:
+            return
+        self.counters.last_error = str(error)
         self.counters.last_error_at = time.time()
 
     def _breaker_changed(self, old: str | None, new: str) -> None:

@@ -60,7 +60,7 @@ class ApiService:
             try:
                 result = await run(upstream, ctx, policy, deadline)
             except SidecarError as e:
-                policy.note_error(str(e))
+                policy.note_error(e)
                 raise
             finally:
                 policy.release()

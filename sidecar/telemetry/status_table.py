@@ -40,11 +40,11 @@ def render(data: dict[str, Any], as_json: bool) -> str:
          f"{t['breaker']['state']} {t['breaker']['for_s']:.0f}s", str(t["in_flight"]),
          f"{t['retry_budget']:.0f}", str(t["counters"]["requests"]),
          str(t["counters"]["retries"]), str(t["counters"]["shed"]),
-         t["last_error"] or "-"]
+         str(t["counters"]["circuit_rejected"]), t["last_error"] or "-"]
         for name, t in data["targets"].items()
     ]
     lines += _table(["name", "kind", "address", "healthy", "breaker", "in-flight", "budget",
-                     "requests", "retries", "shed", "last error"], rows)
+                     "requests", "retries", "shed", "rejected", "last error"], rows)
     return "\n".join(lines)
 
 
