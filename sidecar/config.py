@@ -232,6 +232,8 @@ class Config:
     telemetry: Telemetry = field(default_factory=Telemetry)
     defaults: Defaults = field(default_factory=Defaults)
     source: str | None = None
+    # Values substituted from `${VAR}`: blanked out of library log lines; never shown.
+    secrets: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     @property
     def max_message(self) -> int:

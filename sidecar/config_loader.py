@@ -110,6 +110,7 @@ def parse_config(
         telemetry=_telemetry(top.section("telemetry", ("tracing", "metrics"))),
         defaults=defaults,
         source=source,
+        secrets=frozenset(problems.secret_values),
     )
     if problems.lines:
         raise ConfigError(problems.lines)

@@ -25,11 +25,13 @@ _ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class Problems:
-    """Every problem found in one config, and which key paths hold secrets."""
+    """Every problem found in one config, which key paths hold secrets, and their values
+    (for redacting library text that quotes them)."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.secret_paths: set[str] = set()
+        self.secret_values: set[str] = set()
 
     def add(self, path: str, reason: str) -> None:
         self.lines.append(f"{path}: {reason}" if path else reason)
@@ -56,10 +58,10 @@ def substitute_env(raw: Any, path: str, problems: Problems, env: Mapping[str, st
             return "${"
         name, default = match.group(1), match.group(2)
         problems.secret_paths.add(path)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
+        value = env.get(name, default)
+        if value is not None:
+            problems.secret_values.add(value)
+            return value
         problems.add(path, f"environment variable {name} is not set")
         return ""
 
