@@ -45,6 +45,7 @@ from sidecar.errors import ConfigError
 
 TOP_KEYS = ("listeners", "admin", "drain_timeout", "log", "telemetry", "defaults", "targets")
 POLICY_KEYS = ("timeout", "retry", "breaker", "limits")
+ENGINES = ("grpcio", "frames")  # listeners[].engine
 COMMON_TARGET_KEYS = ("kind", "required", "metadata", *POLICY_KEYS)
 KIND_KEYS = {
     "grpc": ("address", "tls", "forward_authorization", "pool"),
@@ -322,7 +323,8 @@ def _listeners(top: Section, targets: Mapping[str, Target]) -> tuple[Listener, .
     for path, raw in entries:
         s = Section(
             top.problems, raw, path,
-            ("name", "socket", "mode", "identity", "default_target", "routes"),
+            ("name", "socket", "mode", "identity", "default_target", "routes", "engine",
+             "idle_timeout", "max_connections"),
         )
         listener = _listener(s, targets)
         if listener.name in names:
@@ -358,9 +360,13 @@ def _listener(s: Section, targets: Mapping[str, Target]) -> Listener:
         if target:
             _check_grpc_target(r, "target", target, targets)
         routes.append(Route(service, target, glob_pattern(service)))
+    base = Listener(name, socket)
     return Listener(
         name=name, socket=socket, mode=_mode(s), identity=identity,
         default_target=default_target, routes=tuple(routes),
+        engine=s.string("engine", base.engine, choices=ENGINES),
+        idle_timeout=s.duration("idle_timeout", base.idle_timeout),
+        max_connections=s.integer("max_connections", base.max_connections, minimum=1),
     )
 
 
