@@ -19,6 +19,7 @@ from sidecar.errors import InvalidRequestError, UnknownTargetError
 from sidecar.resilience.breaker import OPEN
 from sidecar.resilience.policy import TargetPolicy
 from sidecar.routing import Router
+from sidecar.telemetry.redaction import Redactor
 from sidecar.upstreams import Upstream, build_upstream
 from sidecar.upstreams.grpc import GrpcUpstream
 
@@ -35,8 +36,9 @@ class Runtime:
         previous: Runtime | None = None,
     ) -> None:
         self.config = config
+        redact = Redactor(config.secrets)
         self.upstreams: dict[str, Upstream] = {
-            name: build_upstream(t) for name, t in config.targets.items()
+            name: build_upstream(t, redact) for name, t in config.targets.items()
         }
         self.grpc: dict[str, GrpcUpstream] = {
             n: u for n, u in self.upstreams.items() if isinstance(u, GrpcUpstream)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from sidecar.config import GrpcTarget, HttpTarget, KafkaTarget, Target
+from sidecar.telemetry.redaction import NO_SECRETS, Redactor
 
 
 class Upstream(Protocol):
@@ -13,7 +14,8 @@ class Upstream(Protocol):
     kind: str
 
     async def start(self) -> None:
-        """Open pools and clients (connections may open lazily)."""
+        """Open pools and clients (connections may open lazily), and start watching
+        reachability: an unreachable target is one warning line naming the reason."""
 
     async def close(self, timeout: float) -> None:
         """Finish what was accepted (flush) within `timeout` seconds, then release all."""
@@ -25,18 +27,19 @@ class Upstream(Protocol):
         """A JSON-ready view for /status (no secrets)."""
 
 
-def build_upstream(target: Target) -> Upstream:
-    """The registry: one line per kind."""
+def build_upstream(target: Target, redact: Redactor = NO_SECRETS) -> Upstream:
+    """The registry: one line per kind. `redact` blanks `${VAR}` values out of what
+    the upstream's library writes."""
     if isinstance(target, GrpcTarget):
         from sidecar.upstreams.grpc import GrpcUpstream
 
-        return GrpcUpstream(target)
+        return GrpcUpstream(target, redact)
     if isinstance(target, HttpTarget):
         from sidecar.upstreams.http import HttpUpstream
 
-        return HttpUpstream(target)
+        return HttpUpstream(target, redact)
     if isinstance(target, KafkaTarget):
         from sidecar.upstreams.kafka import KafkaUpstream
 
-        return KafkaUpstream(target)
+        return KafkaUpstream(target, redact)
     raise TypeError(f"no upstream for target kind {target.kind}")

@@ -8,6 +8,9 @@ passed back untouched.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
 from typing import Any
 
@@ -22,6 +25,9 @@ from sidecar.errors import (
     UpstreamUnavailableError,
 )
 from sidecar.resilience.policy import Attempt
+from sidecar.telemetry.redaction import NO_SECRETS, Redactor
+
+log = logging.getLogger("sidecar.grpc")
 
 _CACHE_LIMIT = 4096  # methods whose callables are kept per channel
 # How grpc-core words failures that never reached the upstream application.
@@ -42,6 +48,12 @@ _REASONS = (
     ("keepalive", "keepalive timed out"),
 )
 _TOO_LARGE = re.compile(r"(Sent|Received) message larger than max \((\d+) vs\. (\d+)\)")
+# Asked only of a channel failing to connect, for grpc-core's reason: it fails at once,
+# without reaching the upstream (and were it to reach it, it is a harmless health check).
+_PROBE = "/grpc.health.v1.Health/Check"
+_PROBE_TIMEOUT = 1.0
+_FAILING = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+_READY = grpc.ChannelConnectivity.READY
 
 
 class GrpcUpstream:
@@ -49,17 +61,20 @@ class GrpcUpstream:
 
     kind = "grpc"
 
-    def __init__(self, target: GrpcTarget) -> None:
+    def __init__(self, target: GrpcTarget, redact: Redactor = NO_SECRETS) -> None:
         self.target = target
         self.retry_on = frozenset(
             grpc.StatusCode[c] for c in target.retry.on if isinstance(c, str)
         )
+        self._redact = redact
         self._channels: list[grpc.aio.Channel] = []
         self._callables: list[dict[str, Any]] = []
         self._next = 0
+        self._reachable = True  # until every channel has failed to connect
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Create the channels (connections open lazily, on first call)."""
+        """Create the channels and start connecting them, watching for unreachability."""
         options = _channel_options(self.target)
         credentials = _credentials(self.target)
         for _ in range(self.target.pool.connections):
@@ -69,8 +84,14 @@ class GrpcUpstream:
                 channel = grpc.aio.secure_channel(self.target.address, credentials, options)
             self._channels.append(channel)
             self._callables.append({})
+        self._watcher = asyncio.create_task(self._watch())
 
     async def close(self, timeout: float) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         for channel in self._channels:
             await channel.close(grace=timeout)
         self._channels.clear()
@@ -97,7 +118,37 @@ class GrpcUpstream:
 
     def stats(self) -> dict[str, Any]:
         states = [c.get_state(try_to_connect=False).name.lower() for c in self._channels]
-        return {"kind": self.kind, "address": self.target.address, "connections": states}
+        return {"kind": self.kind, "address": self._redact(self.target.address),
+                "connections": states}
+
+    async def _watch(self) -> None:
+        """One warning, with grpc-core's reason, when every channel fails to connect
+        (so a target that is down at start says so), one info line when one connects."""
+        while True:
+            states = [c.get_state(try_to_connect=True) for c in self._channels]
+            if all(s is _FAILING for s in states) and self._reachable:
+                self._reachable = False
+                log.warning("target unreachable", extra={"fields": {
+                    "target": self.target.name, "reason": await self._failure_reason()}})
+            elif any(s is _READY for s in states) and not self._reachable:
+                self._reachable = True
+                log.info("target reachable", extra={"fields": {"target": self.target.name}})
+            changes = [asyncio.ensure_future(c.wait_for_state_change(s))
+                       for c, s in zip(self._channels, states, strict=True)]
+            try:
+                await asyncio.wait(changes, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for change in changes:
+                    change.cancel()
+
+    async def _failure_reason(self) -> str:
+        """Why the first channel cannot connect, in our words (never its address)."""
+        try:
+            await self._channels[0].unary_unary(_PROBE)(b"", timeout=_PROBE_TIMEOUT)
+        except grpc.aio.AioRpcError as e:
+            if e.code() is grpc.StatusCode.UNAVAILABLE:
+                return _reason(e.details() or "")
+        return "connection failed"
 
     def translate(
         self, code: grpc.StatusCode, details: str | None, got_headers: bool, deadline_passed: bool

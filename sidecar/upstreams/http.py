@@ -3,14 +3,22 @@
 An upstream status (404, 503, ...) is data for the caller; only a failure
 to get an answer is an error. Bodies are bounded by `max_body` both ways,
 and a response over it is refused before it is read.
+
+Health: with a `health` section, its check decides. Without one, connects do:
+a failed connect makes the target unhealthy until a later one succeeds, and
+while no calls come, a plain connect on the health check's default schedule
+(`HttpHealth`) probes it. Either way the first verdict is known when `start`
+returns, so a down target is one warning at start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -19,7 +27,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from sidecar.config import IDEMPOTENT_METHODS, HttpTarget, Tls
+from sidecar.config import IDEMPOTENT_METHODS, HttpHealth, HttpTarget, Tls
 from sidecar.context import CallContext
 from sidecar.errors import (
     InvalidRequestError,
@@ -30,6 +38,7 @@ from sidecar.errors import (
 )
 from sidecar.resilience.backoff import retry_after
 from sidecar.resilience.policy import Attempt
+from sidecar.telemetry.redaction import NO_SECRETS, Redactor
 
 log = logging.getLogger("sidecar.http")
 
@@ -42,6 +51,7 @@ _HOP = frozenset({
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _CHUNK = 64 * 1024
+_CONNECT_PROBE = HttpHealth()  # the schedule of a target without a health section
 
 
 @dataclass(slots=True)
@@ -64,14 +74,16 @@ class HttpCall:
 
 
 class HttpUpstream:
-    """A pooled aiohttp client for one target, with an optional active health check."""
+    """A pooled aiohttp client for one target, and what is known of its health."""
 
     kind = "http"
 
-    def __init__(self, target: HttpTarget) -> None:
+    def __init__(self, target: HttpTarget, redact: Redactor = NO_SECRETS) -> None:
         self.target = target
+        self._redact = redact
         self._session: aiohttp.ClientSession | None = None
-        self._healthy = True
+        self._healthy = True  # judged before start() returns
+        self._attempts = 0  # calls' attempts: while they come, connect probes are not needed
         self._checker: asyncio.Task[None] | None = None
         self._base = target.base_url.rstrip("/")
         self._drop = _HOP | {
@@ -100,11 +112,18 @@ class HttpUpstream:
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
         )
         if self.target.health is not None:
-            self._checker = asyncio.ensure_future(self._check_health())
+            self._set_health(*await self._check())
+            self._checker = asyncio.create_task(self._check_health(self.target.health))
+        else:
+            self._set_health(*await self._connect())
+            self._checker = asyncio.create_task(self._probe_connects())
 
     async def close(self, timeout: float) -> None:
         if self._checker is not None:
             self._checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checker
+            self._checker = None
         if self._session is not None:
             await self._session.close()
 
@@ -115,7 +134,7 @@ class HttpUpstream:
         where = str(URL(self.target.base_url).with_user(None))  # never show credentials
         if self.target.unix_socket:
             where = f"{where} via unix:{self.target.unix_socket}"
-        return {"kind": self.kind, "address": where}
+        return {"kind": self.kind, "address": self._redact(where)}
 
     def prepare(
         self, method: str, path: str, headers: list[tuple[str, str]], body: bytes,
@@ -159,6 +178,7 @@ class HttpUpstream:
         assert self._session is not None
         name = self.target.name
         tls = self.target.tls
+        self._attempts += 1
         try:
             async with self._session.request(
                 call.method, call.url, headers=call.headers, data=call.body or None,
@@ -173,8 +193,10 @@ class HttpUpstream:
         except LimitExceededError as e:
             return Attempt(ok=False), e
         except aiohttp.ClientConnectorError as e:  # never reached the server: safe to repeat
+            reason = _reason(e)
+            self._connected(False, reason)
             return (Attempt(ok=False, fault=True, retryable=True),
-                    UpstreamUnavailableError(f"target {name!r} unreachable: {_reason(e)}"))
+                    UpstreamUnavailableError(f"target {name!r} unreachable: {reason}"))
         except (aiohttp.ClientError, OSError) as e:
             return (Attempt(ok=False, fault=True, retryable=call.idempotent),
                     UpstreamUnavailableError(f"target {name!r}: {_reason(e)}"))
@@ -185,6 +207,7 @@ class HttpUpstream:
                 else UpstreamUnavailableError(f"target {name!r}: attempt timed out")
             )
             return Attempt(ok=False, fault=True, retryable=call.idempotent), error
+        self._connected(True)
         status = result.status
         retryable = call.idempotent and status in self._retry_statuses
         pushback = None
@@ -210,24 +233,76 @@ class HttpUpstream:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _check_health(self) -> None:
+    async def _check_health(self, health: HttpHealth) -> None:
+        """The `health` section's check, every `interval` (the first ran in `start`)."""
+        while True:
+            await asyncio.sleep(health.interval)
+            self._set_health(*await self._check())
+
+    async def _check(self) -> tuple[bool, str | None]:
+        """One GET of the health path: healthy, or not and why."""
         health = self.target.health
         assert health is not None and self._session is not None
         url = URL(self._base + health.path, encoded=True)
+        try:
+            async with self._session.get(
+                url, timeout=aiohttp.ClientTimeout(total=health.timeout),
+                allow_redirects=False,
+            ) as response:
+                if response.status < 400:
+                    return True, None
+                return False, f"health check answered {response.status}"
+        except TimeoutError:
+            return False, "health check timed out"
+        except (aiohttp.ClientError, OSError) as e:
+            return False, _reason(e)
+
+    async def _probe_connects(self) -> None:
+        """Without a health section: a plain connect every interval in which no call came."""
+        seen = self._attempts
         while True:
-            try:
-                async with self._session.get(
-                    url, timeout=aiohttp.ClientTimeout(total=health.timeout),
-                    allow_redirects=False,
-                ) as response:
-                    healthy = response.status < 400
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                healthy = False
-            if healthy != self._healthy:
-                log.warning("health check %s", "passing" if healthy else "failing",
-                            extra={"fields": {"target": self.target.name}})
-            self._healthy = healthy
-            await asyncio.sleep(health.interval)
+            await asyncio.sleep(_CONNECT_PROBE.interval)
+            if self._attempts == seen:
+                self._set_health(*await self._connect())
+            seen = self._attempts
+
+    async def _connect(self) -> tuple[bool, str | None]:
+        """Open and close one TCP (or Unix) connection: reachable, or not and why."""
+        try:
+            async with asyncio.timeout(_CONNECT_PROBE.timeout):
+                if self.target.unix_socket is not None:
+                    _, writer = await asyncio.open_unix_connection(self.target.unix_socket)
+                else:
+                    url = URL(self.target.base_url)
+                    _, writer = await asyncio.open_connection(url.host, url.port)
+        except TimeoutError:
+            return False, "connect timed out"
+        except OSError as e:
+            return False, _reason(e)
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True, None
+
+    def _connected(self, ok: bool, reason: str | None = None) -> None:
+        """A call's connect outcome: what judges a target with no health section."""
+        if ok != self._healthy and self.target.health is None:
+            self._set_health(ok, reason)
+
+    def _set_health(self, healthy: bool, reason: str | None) -> None:
+        """Record a verdict; a change is one log line (a warning, with the reason, when
+        the target goes bad)."""
+        if healthy == self._healthy:
+            return
+        self._healthy = healthy
+        fields: dict[str, Any] = {"target": self.target.name}
+        checked = self.target.health is not None
+        if healthy:
+            log.info("health check passing" if checked else "target reachable",
+                     extra={"fields": fields})
+        else:
+            log.warning("health check failing" if checked else "target unreachable",
+                        extra={"fields": {**fields, "reason": reason}})
 
 
 def _reason(error: BaseException) -> str:
@@ -236,6 +311,8 @@ def _reason(error: BaseException) -> str:
         error = error.os_error
     if isinstance(error, aiohttp.ServerDisconnectedError):
         return "connection closed by upstream"
+    if isinstance(error, socket.gaierror):
+        return "name not resolved"
     if isinstance(error, OSError) and error.errno:
         return os.strerror(error.errno).lower()
     return "connection failed"

@@ -8,7 +8,9 @@ and logs with `poll(0)`, every millisecond while messages are out. (A thread
 blocked in `poll()` would take the GIL once per delivery report, waiting out
 the interpreter's 5 ms switch interval each time the loop is busy.)
 Delivery errors become our errors naming the target here; nothing above
-this module sees a librdkafka type.
+this module sees a librdkafka type. librdkafka's own log lines and error
+strings quote configured values (a broker address at debug level): every one
+passes through the runtime's `Redactor` before it is logged or shown.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from sidecar.errors import (
     UpstreamUnavailableError,
 )
 from sidecar.resilience.policy import Attempt
+from sidecar.telemetry.redaction import NO_SECRETS, Redactor
 
 log = logging.getLogger("sidecar.kafka")
 
@@ -108,8 +111,9 @@ class KafkaUpstream:
 
     kind = "kafka"
 
-    def __init__(self, target: KafkaTarget) -> None:
+    def __init__(self, target: KafkaTarget, redact: Redactor = NO_SECRETS) -> None:
         self.target = target
+        self._redact = redact
         self._config = producer_config(target)
         self._producer: Producer | None = None
         self._retired: list[Producer] = []  # replaced producers, polled until empty
@@ -161,7 +165,7 @@ class KafkaUpstream:
         producer = self._producer
         return {
             "kind": self.kind,
-            "address": ",".join(self.target.bootstrap_servers),
+            "address": self._redact(",".join(self.target.bootstrap_servers)),
             "brokers_up": self._brokers_up,
             "queued": 0 if producer is None else len(producer),
             "producers_replaced": self.replaced,
@@ -226,13 +230,13 @@ class KafkaUpstream:
             **self._config,
             "error_cb": lambda err: self._on_error(gen, err),
             "stats_cb": lambda stats: self._on_stats(gen, stats),
-            "logger": _ClientLog(self.target.name),
+            "logger": _ClientLog(self.target.name, self._redact),
         }
         try:
             return Producer(config)
         except KafkaException as e:
             # from None: the library's text may quote a config value (a password).
-            reason = _redact(str(e.args[0].str()), self.target)
+            reason = self._redact(_redact(str(e.args[0].str()), self.target))
             raise ConfigError([f"targets.{self.target.name}.producer: {reason}"]) from None
 
     async def _poll(self) -> None:
@@ -307,16 +311,20 @@ class KafkaUpstream:
 
 
 class _ClientLog:
-    """librdkafka's log lines as the daemon's, with the target's name. Connection
-    failures (FAIL) repeat on every reconnect: debug, as the daemon logs reachability."""
+    """librdkafka's log lines as the daemon's, with the target's name and no `${VAR}`
+    value. Connection failures (FAIL) repeat on every reconnect: debug, as the daemon
+    logs reachability."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, redact: Redactor) -> None:
         self._extra = {"fields": {"target": target}}
+        self._redact = redact
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
         if args and args[0] == "FAIL":
             level = logging.DEBUG
-        log.log(level, fmt, *args, extra=self._extra)
+        if log.isEnabledFor(level):
+            text = fmt % args if args else fmt  # formatted first: values hide in args
+            log.log(level, "%s", self._redact(text), extra=self._extra)
 
 
 def producer_problems(target: KafkaTarget) -> list[str]:
