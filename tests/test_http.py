@@ -120,7 +120,7 @@ def test_post_is_not_retried(web_daemon: Daemon, http_upstream: HttpUpstream) ->
 def test_retry_after_is_honoured(web_daemon: Daemon, http_upstream: HttpUpstream) -> None:
     started = time.monotonic()
     assert call(web_daemon, "GET", "/flaky/1?retry_after=1").status == 200
-    assert time.monotonic() - started >= 1.0
+    assert time.monotonic() - started >= 1.0  # a lower bound: a busy machine only adds to it
 
 
 def test_concurrency_is_bounded_by_max_per_host_and_connections_are_reused(
