@@ -106,11 +106,12 @@ class RunningDemo:
 
 
 def _printed_socket(output: Path) -> Path | None:
-    """The socket the demo printed, once its ready line is out and the socket exists."""
+    """The socket the demo printed (its `Socket:` line, else the commands' `--socket`),
+    once its ready line is out and the socket exists."""
     text = output.read_text(errors="replace")
     if "sidecar demo: ready" not in text:
         return None
-    for found in re.findall(r"(/\S+\.sock)\b", text):
+    for found in re.findall(r"(?:^Socket: |--socket )(/\S+)", text, re.MULTILINE):
         path = Path(found)
         if path.exists() and stat.S_ISSOCK(path.stat().st_mode):
             return path
