@@ -68,7 +68,8 @@ def test_shipped_proto_is_found_at_its_own_path_under_the_include_root() -> None
 
 
 def test_wheel_ships_the_generated_code_its_proto_and_type_stub(tmp_path: Path) -> None:
-    # Built from a copy of the sources, so no build/ folder appears in the checkout.
+    # Built from a copy of the sources, so no build/ folder appears in the checkout, and
+    # with build isolation, as the image is: a venv's own setuptools may be too old.
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -76,7 +77,7 @@ def test_wheel_ships_the_generated_code_its_proto_and_type_stub(tmp_path: Path) 
     shutil.copytree(ROOT / "sidecar", src / "sidecar",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
          "--wheel-dir", str(tmp_path / "wheels"), str(src)],
         check=True, timeout=120, capture_output=True,
     )
