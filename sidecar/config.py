@@ -47,6 +47,14 @@ class Listener:
 
 
 @dataclass(frozen=True, slots=True)
+class Reload:
+    """Reload on SIGHUP always; with `watch`, also when the config file changes."""
+
+    watch: bool = False
+    debounce: float = 0.25  # seconds of quiet after a change before the file is read
+
+
+@dataclass(frozen=True, slots=True)
 class Admin:
     """Admin HTTP endpoint: `host:port`, or `unix_path`; both None means off."""
 
@@ -231,6 +239,7 @@ class Config:
     targets: Mapping[str, Target]
     admin: Admin = field(default_factory=Admin)
     drain_timeout: float = 10.0
+    reload: Reload = field(default_factory=Reload)
     log: Log = field(default_factory=Log)
     telemetry: Telemetry = field(default_factory=Telemetry)
     defaults: Defaults = field(default_factory=Defaults)

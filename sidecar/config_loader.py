@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +34,7 @@ from sidecar.config import (
     MetadataNames,
     MetricsConfig,
     Producer,
+    Reload,
     Retry,
     Route,
     Target,
@@ -43,7 +45,9 @@ from sidecar.config import (
 from sidecar.config_values import Problems, Section, glob_pattern, substitute_env
 from sidecar.errors import ConfigError
 
-TOP_KEYS = ("listeners", "admin", "drain_timeout", "log", "telemetry", "defaults", "targets")
+TOP_KEYS = (
+    "listeners", "admin", "drain_timeout", "reload", "log", "telemetry", "defaults", "targets",
+)
 POLICY_KEYS = ("timeout", "retry", "breaker", "limits")
 ENGINES = ("grpcio", "frames")  # listeners[].engine
 COMMON_TARGET_KEYS = ("kind", "required", "metadata", *POLICY_KEYS)
@@ -107,6 +111,7 @@ def parse_config(
         targets=targets,
         admin=_admin(top),
         drain_timeout=top.duration("drain_timeout", 10.0, allow_zero=True),
+        reload=_reload(top.section("reload", ("watch", "debounce"))),
         log=_log(top.section("log", ("level", "access"))),
         telemetry=_telemetry(top.section("telemetry", ("tracing", "metrics"))),
         defaults=defaults,
@@ -310,7 +315,35 @@ def _tls(target: Section) -> Tls | None:
     if (tls.cert_file is None) != (tls.key_file is None):
         missing = "key_file" if tls.key_file is None else "cert_file"
         s.fail(missing, "cert_file and key_file go together")
+    elif all(f is None or os.path.isfile(f) for f in (tls.ca_file, tls.cert_file, tls.key_file)):
+        _check_tls_material(s, tls)
     return tls
+
+
+def _check_tls_material(s: Section, tls: Tls) -> None:
+    """Load the files as a TLS client would, so a bad file is a config problem, not a
+    failure at start or reload."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if tls.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=tls.ca_file)
+        except (ssl.SSLError, OSError, ValueError) as e:
+            s.fail("ca_file", f"not a usable PEM CA bundle: {_tls_reason(e)}")
+    if tls.cert_file is not None and tls.key_file is not None:
+        try:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+        except (ssl.SSLError, OSError, ValueError) as e:
+            s.fail("cert_file", f"certificate and key do not load as a PEM pair: {_tls_reason(e)}")
+
+
+def _tls_reason(e: Exception) -> str:
+    if isinstance(e, ssl.SSLError):
+        if e.reason is None:  # OpenSSL's "PEM lib": unreadable, or a key of another cert
+            return "not PEM, or the key does not belong to the certificate"
+        return str(e.reason).lower().replace("_", " ")
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    return str(e)
 
 
 def _listeners(top: Section, targets: Mapping[str, Target]) -> tuple[Listener, ...]:
@@ -409,6 +442,12 @@ def _admin(top: Section) -> Admin:
         s.fail("address", f"must be host:port or unix:/path, got {shown}")
         return Admin()
     return Admin(host=host.strip("[]"), port=int(port))
+
+
+def _reload(s: Section) -> Reload:
+    base = Reload()
+    return Reload(watch=s.boolean("watch", base.watch),
+                  debounce=s.duration("debounce", base.debounce, allow_zero=True))
 
 
 def _log(s: Section) -> Log:

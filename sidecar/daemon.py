@@ -1,7 +1,9 @@
 """The daemon's lifecycle in one place: start, ready, reload, drain, stop.
 
-Shutdown order, written once: stop accepting and drain calls (up to
-`drain_timeout`), close upstreams, remove sockets, report.
+Shutdown order, written once (`Daemon.shutdown`): stop accepting and drain
+calls (up to `drain_timeout`, or at once on a second signal), flush producers
+and close upstreams of every runtime (also those a reload replaced), remove
+sockets, report.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import uvloop
 from sidecar import __version__
 from sidecar.config import Config, Listener
 from sidecar.config_loader import load_config
+from sidecar.config_watch import ConfigWatcher
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.listeners import ListenerServer
 from sidecar.runtime import Runtime
@@ -28,10 +31,11 @@ from sidecar.telemetry.logging import set_level
 
 log = logging.getLogger("sidecar")
 _HEALTH_REFRESH = 1.0  # seconds between target health updates
+_FORCED_FLUSH = 1.0  # seconds Kafka may still flush after a second stop signal
 
 
 class Daemon:
-    """Owns everything that runs: listeners, runtime, admin endpoint, notifier."""
+    """Owns everything that runs: listeners, runtimes, admin endpoint, notifier."""
 
     def __init__(self, config: Config, config_path: str) -> None:
         self.config = config
@@ -42,11 +46,15 @@ class Daemon:
         self.notifier = Notifier()
         self.listeners: dict[str, ListenerServer] = {}
         self.admin: AdminServer | None = None
+        self.watcher: ConfigWatcher | None = None
         self.started = time.time()
         self.ready = False
         self._stop = asyncio.Event()
+        self._force = asyncio.Event()  # a second stop signal: end the drain now
         self._reload = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Runtimes replaced by a reload, still finishing their calls and flushing.
+        self._retiring: dict[Runtime, asyncio.Task[None]] = {}
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; the process exit code."""
@@ -54,10 +62,15 @@ class Daemon:
             return runner.run(self.serve())
 
     async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         try:
             await self.startup()
-        except SidecarError as e:
-            log.error("startup failed: %s", e)
+        except Exception as e:  # anything at all: one line and exit 1, nothing left behind
+            log.error("startup failed: %s", describe(e))
+            self._force.set()
             await self.shutdown()
             return 1
         await self.main_loop()
@@ -65,13 +78,9 @@ class Daemon:
         return 0
 
     async def startup(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         await self.runtime.start()
-        for listener in self.config.listeners:
-            self.listeners[listener.name] = await self._start_listener(listener)
+        for i, listener in enumerate(self.config.listeners):
+            self.listeners[listener.name] = await self._start_listener(listener, i)
         if self.config.admin.enabled:
             self.admin = AdminServer(self.config.admin, self.readiness, self.status,
                                      self.telemetry.metrics.render)
@@ -80,6 +89,7 @@ class Daemon:
         self._spawn(self._refresh_health())
         if self.notifier.watchdog_interval:
             self._spawn(self._watchdog(self.notifier.watchdog_interval))
+        self._watch(self.config)
         self.ready = True
         self.notifier.ready()
         log.info("started", extra={"fields": {
@@ -98,47 +108,67 @@ class Daemon:
             reload.cancel()
 
     async def reload(self) -> None:
-        """Build the new config's world beside the old one, then swap it in."""
+        """Build the new config's world beside the old one, then swap it in.
+
+        Whatever fails while building it (a bad file, a busy socket, a library's own
+        exception) refuses the reload with one log line; the old world keeps serving.
+        """
         self.notifier.reloading()
         try:
             config = load_config(self.config_path)
         except ConfigError as e:
-            log.error("reload refused, keeping the running config: %s",
-                      "; ".join(e.problems), extra={"fields": {"config": self.config_path}})
-            self.notifier.ready()
+            self._refuse_reload("; ".join(e.problems))
             return
         runtime = Runtime(config, self._breaker_changed, previous=self.runtime)
         try:
             await runtime.start()
             await self._swap_listeners(config.listeners)
-        except SidecarError as e:
-            log.error("reload refused, keeping the running config: %s", e)
-            self._spawn(runtime.close(0, 0))
-            self.notifier.ready()
+        except Exception as e:
+            self._refuse_reload(describe(e))
+            self._retire(runtime, 0)
             return
         old, self.runtime, self.config = self.runtime, runtime, config
         set_level(config.log.level)
         self.telemetry.access.configure(config.log.access)
-        self._spawn(old.close(config.drain_timeout, config.drain_timeout))
+        self._retire(old, config.drain_timeout)
+        self._watch(config)
         await self.health.refresh()
         self.notifier.ready()
         log.info("reloaded", extra={"fields": {"config": self.config_path}})
 
     async def shutdown(self) -> None:
+        """Stop accepting, drain calls, flush producers, close pools, remove sockets, report.
+
+        A second stop signal (`_force`) cuts the drain short: listeners stop at once and
+        producers get at most `_FORCED_FLUSH` seconds."""
         self.ready = False
         self.notifier.stopping()
-        log.info("stopping", extra={"fields": {"drain_timeout_s": self.config.drain_timeout}})
+        drain = self.config.drain_timeout
+        log.info("stopping", extra={"fields": {"drain_timeout_s": drain}})
+        if self.watcher is not None:
+            self.watcher.close()
         await self.health.shutting_down()
-        await asyncio.gather(*(s.stop(self.config.drain_timeout) for s in self.listeners.values()))
+        listeners = list(self.listeners.values())
         self.listeners.clear()
+        draining = asyncio.gather(*(s.stop(drain) for s in listeners))
+        if not await self._unless_forced(draining):
+            await asyncio.gather(*(s.stop(0) for s in listeners))
         for task in self._tasks:
             task.cancel()
-        # Listeners have drained: what is left is flushing accepted work (Kafka).
-        await self.runtime.close(0, self.config.drain_timeout)
+        runtimes = [*self._retiring, self.runtime]
+        closing = asyncio.ensure_future(
+            asyncio.gather(*(r.close(0, drain) for r in runtimes), return_exceptions=True))
+        if not await self._unless_forced(closing):
+            done, _ = await asyncio.wait((closing,), timeout=_FORCED_FLUSH)
+            if not done:
+                closing.cancel()
+                log.warning("stop forced: producers not flushed in %ss", _FORCED_FLUSH)
+        for task in self._retiring.values():
+            task.cancel()
         if self.admin is not None:
             await self.admin.close()
         self.telemetry.shutdown()
-        log.info("stopped")
+        log.info("stopped", extra={"fields": {"forced": self._force.is_set()}})
 
     def readiness(self) -> tuple[bool, list[str]]:
         """Ready when listeners are bound and every required target is healthy."""
@@ -165,11 +195,16 @@ class Daemon:
             "targets": self.runtime.target_status(),
         }
 
-    async def _start_listener(self, listener: Listener) -> ListenerServer:
+    async def _start_listener(self, listener: Listener, index: int) -> ListenerServer:
         server = ListenerServer(
-            listener, self.config.max_message, lambda: self.runtime, self.health, self.telemetry
+            listener, f"listeners[{index}]", self.config.max_message, lambda: self.runtime,
+            self.health, self.telemetry,
         )
-        await server.start()
+        try:
+            await server.start()
+        except BaseException:
+            await server.stop(0)
+            raise
         return server
 
     async def _swap_listeners(self, wanted: tuple[Listener, ...]) -> None:
@@ -177,21 +212,57 @@ class Daemon:
         by_socket = {s.listener.socket: s for s in self.listeners.values()}
         started: dict[str, ListenerServer] = {}
         try:
-            for listener in wanted:
+            for i, listener in enumerate(wanted):
                 if listener.socket not in by_socket:
-                    started[listener.name] = await self._start_listener(listener)
-        except SidecarError:
+                    started[listener.name] = await self._start_listener(listener, i)
+        except BaseException:
             await asyncio.gather(*(s.stop(0) for s in started.values()))
             raise
         servers = dict(started)
-        for listener in wanted:
+        for i, listener in enumerate(wanted):
             if listener.name not in started:
                 server = by_socket.pop(listener.socket)
-                server.update(listener)
+                server.update(listener, f"listeners[{i}]")
                 servers[listener.name] = server
         self.listeners = servers
         for gone in by_socket.values():
             self._spawn(gone.stop(self.config.drain_timeout))
+
+    def _refuse_reload(self, reason: str) -> None:
+        log.error("reload refused, keeping the running config: %s", reason,
+                  extra={"fields": {"config": self.config_path}})
+        self.notifier.ready()
+
+    def _retire(self, runtime: Runtime, grace: float) -> None:
+        """Let a replaced runtime finish its calls and flush; shutdown waits for it too."""
+        task = asyncio.ensure_future(runtime.close(grace, grace))
+        self._retiring[runtime] = task
+        task.add_done_callback(lambda _: self._retiring.pop(runtime, None))
+
+    def _watch(self, config: Config) -> None:
+        """Start or stop watching the config file as `reload.watch` says."""
+        if config.reload.watch and self.watcher is None:
+            watcher = ConfigWatcher(self.config_path, config.reload.debounce, self._reload.set)
+            if watcher.start():
+                self.watcher = watcher
+        elif not config.reload.watch and self.watcher is not None:
+            self.watcher.close()
+            self.watcher = None
+
+    def _stop_signal(self) -> None:
+        if self._stop.is_set():
+            log.warning("second stop signal: ending the drain now")
+            self._force.set()
+        self._stop.set()
+
+    async def _unless_forced(self, work: asyncio.Future[Any]) -> bool:
+        """Wait for `work` unless a forced stop comes first; True when `work` finished."""
+        force = asyncio.ensure_future(self._force.wait())
+        try:
+            await asyncio.wait((work, force), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            force.cancel()
+        return work.done()
 
     def _breaker_changed(self, target: str, state: str) -> None:
         self._spawn(self.health.refresh())
@@ -210,3 +281,14 @@ class Daemon:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def describe(error: BaseException) -> str:
+    """One line for a failure at start or reload: ours name their key; others their
+    resource and reason, without a traceback."""
+    if isinstance(error, SidecarError):
+        return str(error)
+    if isinstance(error, OSError):
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{error.strerror or error}"
+    return f"{type(error).__name__}: {error}"

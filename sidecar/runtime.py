@@ -54,6 +54,7 @@ class Runtime:
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._closing: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         for upstream in self.upstreams.values():
@@ -83,7 +84,13 @@ class Runtime:
 
     async def close(self, grace: float, flush: float) -> None:
         """Wait up to `grace` seconds for this runtime's calls, then close its upstreams,
-        giving them `flush` seconds to finish what they accepted."""
+        giving them `flush` seconds to finish what they accepted. A second call joins
+        the first close rather than closing twice."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close(grace, flush))
+        await asyncio.shield(self._closing)
+
+    async def _close(self, grace: float, flush: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
         await asyncio.gather(*(u.close(flush) for u in self.upstreams.values()))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 import yaml
 
 from sidecar.config import GrpcTarget, HttpTarget, KafkaTarget
@@ -339,7 +340,7 @@ def test_every_problem_is_reported_together_each_with_its_path() -> None:
 def test_unknown_top_level_key_is_reported_with_its_path() -> None:
     problems = problems_of(base_config(listener=[]))
     assert problems == [
-        "listener: unknown key (known: admin, defaults, drain_timeout, listeners, log, "
+        "listener: unknown key (known: admin, defaults, drain_timeout, listeners, log, reload, "
         "targets, telemetry)"
     ]
 
@@ -709,12 +710,38 @@ def test_http_target_health_check_is_off_unless_configured() -> None:
 
 
 def tls_files(tmp_path: Path) -> dict[str, str]:
-    files = {}
-    for name in ("ca_file", "cert_file", "key_file"):
-        path = tmp_path / f"{name}.pem"
-        path.write_text("-----BEGIN-----\n")
-        files[name] = str(path)
+    """A real CA and a client pair: the loader loads them as a TLS client would."""
+    ca = trustme.CA()
+    client = ca.issue_cert("client.internal")
+    files = {name: str(tmp_path / f"{name}.pem") for name in ("ca_file", "cert_file", "key_file")}
+    ca.cert_pem.write_to_path(files["ca_file"])
+    client.cert_chain_pems[0].write_to_path(files["cert_file"])
+    client.private_key_pem.write_to_path(files["key_file"])
     return files
+
+
+def test_tls_files_that_are_not_pem_are_refused_by_key_path(tmp_path: Path) -> None:
+    files = tls_files(tmp_path)
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN-----\n")
+    raw = with_target("up", {"kind": "grpc", "address": "up:50051",
+                             "tls": {**files, "ca_file": str(bad), "key_file": str(bad)}})
+    assert problems_of(raw) == [
+        "targets.up.tls.ca_file: not a usable PEM CA bundle: no certificate or crl found",
+        "targets.up.tls.cert_file: certificate and key do not load as a PEM pair: "
+        "not PEM, or the key does not belong to the certificate",
+    ]
+
+
+def test_tls_key_of_another_certificate_is_refused(tmp_path: Path) -> None:
+    files = tls_files(tmp_path)
+    (tmp_path / "other").mkdir()
+    other = tls_files(tmp_path / "other")
+    raw = with_target("billing", {"kind": "http", "base_url": "https://billing",
+                                  "tls": {**files, "key_file": other["key_file"]}})
+    assert problems_of(raw) == [
+        "targets.billing.tls.cert_file: certificate and key do not load as a PEM pair: "
+        "key values mismatch"]
 
 
 def test_tls_with_existing_files_is_accepted(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import pytest
+import trustme
 import yaml
 
 from sidecar import config as model
@@ -262,8 +263,12 @@ def test_complete_example_uses_every_documented_key_and_no_other() -> None:
 def _write_example(folder: Path, text: str) -> Path:
     tls = folder / "tls"
     tls.mkdir()
-    for name in ("ca.pem", "client.pem", "client.key"):
-        (tls / name).write_text("")  # check-config checks the files exist
+    # check-config loads TLS material as a client would: real PEM files.
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tls / "ca.pem"))
+    client = ca.issue_cert("client.internal")
+    client.cert_chain_pems[0].write_to_path(str(tls / "client.pem"))
+    client.private_key_pem.write_to_path(str(tls / "client.key"))
     path = folder / "example.yaml"
     path.write_text(text.replace("/etc/sidecar/tls/", f"{tls}/"))
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from sidecar.config import Admin
+from sidecar.errors import ListenerError
 
 
 class AdminServer:
@@ -39,7 +41,16 @@ class AdminServer:
             site = web.UnixSite(self._runner, self._admin.unix_path)
         else:
             site = web.TCPSite(self._runner, self._admin.host, self._admin.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            where = (f"unix:{self._admin.unix_path}" if self._admin.unix_path is not None
+                     else f"{self._admin.host}:{self._admin.port}")
+            reason = "address in use (another sidecar?)" if e.errno == errno.EADDRINUSE \
+                else (e.strerror or str(e))
+            raise ListenerError(
+                f"admin.address: cannot listen on {where}: {reason}; stop the other process "
+                "or choose another admin.address (null turns the endpoint off)") from e
 
     async def close(self) -> None:
         await self._runner.cleanup()
