@@ -87,11 +87,18 @@ def _load(config_path: str) -> Config:
 def run(config_path: str) -> None:
     """Run the daemon in the foreground."""
     config = _load(config_path)
-    from sidecar.daemon import Daemon
+    import logging
+
+    from sidecar.daemon import Daemon, describe
     from sidecar.telemetry.logging import configure_logging
 
     configure_logging(config.log.level)
-    sys.exit(Daemon(config, config_path).run())
+    try:
+        daemon = Daemon(config, config_path)
+    except Exception as e:  # a library refusing what the config asks: one line, exit 1
+        logging.getLogger("sidecar").error("startup failed: %s", describe(e))
+        sys.exit(1)
+    sys.exit(daemon.run())
 
 
 @main.command("check-config")
