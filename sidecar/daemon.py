@@ -196,7 +196,13 @@ class Daemon:
         }
 
     async def _start_listener(self, listener: Listener, index: int) -> ListenerServer:
-        server = ListenerServer(
+        kind: type[Any] = ListenerServer
+        if listener.engine == "frames":
+            from sidecar.engine.server import EngineListener  # opt-in: loaded when used
+
+            kind = EngineListener
+        # Both have ListenerServer's shape (listener, start, update, stop).
+        server: ListenerServer = kind(
             listener, f"listeners[{index}]", self.config.max_message, lambda: self.runtime,
             self.health, self.telemetry,
         )

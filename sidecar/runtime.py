@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sidecar.config import Config
 from sidecar.errors import InvalidRequestError, UnknownTargetError
@@ -22,6 +22,9 @@ from sidecar.routing import Router
 from sidecar.telemetry.redaction import Redactor
 from sidecar.upstreams import Upstream, build_upstream
 from sidecar.upstreams.grpc import GrpcUpstream
+
+if TYPE_CHECKING:
+    from sidecar.engine.pool import UpstreamPool
 
 U = TypeVar("U")
 
@@ -51,6 +54,8 @@ class Runtime:
             for name, t in config.targets.items()
         }
         self.routers = {ls.name: Router(ls, config.targets) for ls in config.listeners}
+        # `engine: frames` connections per grpc target, opened on first use.
+        self.frame_pools: dict[str, UpstreamPool] = {}
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -73,6 +78,17 @@ class Runtime:
             )
         return upstream
 
+    def frame_pool(self, name: str) -> UpstreamPool:
+        """The frame engine's connections to grpc target `name`, created on first use."""
+        pool = self.frame_pools.get(name)
+        if pool is None:
+            from sidecar.engine.pool import UpstreamPool  # only listeners on that engine
+
+            target = self.grpc[name].target
+            pool = self.frame_pools[name] = UpstreamPool(
+                name, target.address, target.pool.connections)
+        return pool
+
     def enter(self) -> None:
         self.in_flight += 1
         self._idle.clear()
@@ -94,6 +110,8 @@ class Runtime:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
         await asyncio.gather(*(u.close(flush) for u in self.upstreams.values()))
+        for pool in self.frame_pools.values():
+            await pool.close()
 
     def target_status(self) -> dict[str, dict[str, Any]]:
         """Per target: kind, health, breaker, budget, in-flight, counters."""

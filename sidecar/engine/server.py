@@ -1,0 +1,311 @@
+"""`engine: frames` listeners: the daemon's own HTTP/2 server on a Unix socket.
+
+One `CallerConnection` (an asyncio Protocol around a server-role H2Connection) per
+accepted caller; each stream goes, by its `:path`, either to the transparent proxy
+(`services/frame_proxy.py`) or, for the daemon's own services, frame for frame to a
+grpc.aio `ListenerServer` on a private socket. Same shape as `ListenerServer`:
+`start()`, `update(listener, key)`, `stop(grace)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from sidecar.config import Listener
+from sidecar.engine.connection import H2Connection
+from sidecar.engine.events import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    PingAckReceived,
+    RequestReceived,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from sidecar.engine.frames import MAX_STREAM_ID, ErrorCode
+from sidecar.engine.limits import EngineLimits
+from sidecar.engine.pool import UpstreamPool
+from sidecar.engine.relay import Relay
+from sidecar.engine.transport import H2Protocol
+from sidecar.errors import ListenerError
+from sidecar.listeners import ListenerServer, _umask_for, prepare_socket_path
+from sidecar.runtime import Runtime
+from sidecar.services.frame_proxy import FrameProxy
+from sidecar.services.health import HealthReporter
+from sidecar.telemetry.hub import Telemetry
+
+log = logging.getLogger("sidecar.engine")
+
+# The daemon's own services, served by the internal grpc.aio server.
+INTERNAL_PREFIXES = (b"/grpc.health.v1.Health/", b"/grpc.reflection.", b"/sidecar.v1.")
+INTERNAL_CONNECTIONS = 4  # HTTP/2 connections to the internal server
+DRAIN_PING = b"drain..."
+DRAIN_PING_WAIT = 1.0  # seconds for the drain PING's answer before the final GOAWAY
+CLOSE_WAIT = 1.0  # seconds closing connections may flush before they are dropped
+STOPPING = "listener stopping: call not finished within drain_timeout"
+
+
+class CallerStream(Protocol):
+    """What happens on one caller stream."""
+
+    def caller_data(self, data: memoryview | bytes, length: int, end_stream: bool) -> None: ...
+    def caller_reset(self) -> None: ...
+    def caller_abort(self, message: str) -> None: ...
+
+
+class CallerConnection(H2Protocol):
+    """One caller's connection: streams dispatched by `:path`."""
+
+    def __init__(self, listener: EngineListener) -> None:
+        super().__init__(H2Connection(False, listener.limits))
+        self.streams: dict[int, CallerStream] = {}
+        self.idle_since = time.monotonic()
+        self.draining = False
+        self._listener = listener
+        self._final_goaway: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: object) -> None:
+        listener = self._listener
+        if len(listener.connections) >= listener.listener.max_connections:
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        listener.connections.add(self)
+        super().connection_made(transport)
+        if listener.stopping:
+            self.drain()
+
+    def handle_events(self, events: list[Event]) -> None:
+        streams = self.streams
+        for event in events:
+            cls = event.__class__
+            if cls is DataReceived:
+                assert isinstance(event, DataReceived)
+                handler = streams.get(event.stream_id)
+                if handler is None:
+                    self.h2.acknowledge_received_data(
+                        event.stream_id, event.flow_controlled_length)
+                else:
+                    handler.caller_data(event.data, event.flow_controlled_length,
+                                        event.end_stream)
+            elif cls is RequestReceived:
+                assert isinstance(event, RequestReceived)
+                streams[event.stream_id] = self._listener.dispatch(self, event)
+            elif cls is WindowUpdated:
+                assert isinstance(event, WindowUpdated)
+                self.window_opened(event.stream_id)
+            elif cls is TrailersReceived:
+                assert isinstance(event, TrailersReceived)
+                handler = streams.get(event.stream_id)
+                if handler is not None:
+                    handler.caller_data(b"", 0, True)
+            elif cls is StreamReset:
+                assert isinstance(event, StreamReset)
+                self.drop_pending(event.stream_id)
+                handler = streams.pop(event.stream_id, None)
+                if handler is not None:
+                    handler.caller_reset()
+                    self._stream_gone()
+            elif cls is PingAckReceived:
+                assert isinstance(event, PingAckReceived)
+                if event.data == DRAIN_PING:
+                    self._send_final_goaway()
+            elif cls is GoAwayReceived:
+                if not streams:
+                    self.close_transport()
+            elif cls is ConnectionTerminated:
+                self.flush_now()
+                self._lose()
+                self.close_transport(abort=self.paused)
+
+    def flush_now(self) -> None:
+        """Write even while paused: the last bytes of a connection that is ending."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            out = self.h2.data_to_send()
+            if out:
+                transport.write(out)
+
+    def finish(self, stream_id: int, request_open: bool) -> None:
+        """The answer on `stream_id` is complete (queued); a request still streaming is
+        stopped with RST_STREAM NO_ERROR, as RFC 9113 section 8.1 allows."""
+        if self.streams.pop(stream_id, None) is None:
+            return
+        if request_open and stream_id not in self._pending:
+            self.reset(stream_id, ErrorCode.NO_ERROR)
+        self._stream_gone()
+
+    def _stream_gone(self) -> None:
+        if not self.streams:
+            self.idle_since = time.monotonic()
+            if self.draining and self._final_goaway is None:
+                self.close_transport()
+
+    def drain(self) -> None:
+        """GOAWAY in two steps: first "no new streams soon" (last id 2^31-1) and a PING, then,
+        once the PING is answered (every stream the caller sent before it has arrived), the
+        real last stream id. Streams received until then are served."""
+        if self.draining or self.h2.closed:
+            return
+        self.draining = True
+        self.h2.goaway(ErrorCode.NO_ERROR, MAX_STREAM_ID)
+        self.h2.ping(DRAIN_PING)
+        self.flush()
+        self._final_goaway = self._loop.call_later(DRAIN_PING_WAIT, self._send_final_goaway)
+
+    def _send_final_goaway(self) -> None:
+        if self._final_goaway is None:
+            return
+        self._final_goaway.cancel()
+        self._final_goaway = None
+        if not self.h2.closed:
+            self.h2.goaway(ErrorCode.NO_ERROR)
+            self.flush()
+        if not self.streams:
+            self.close_transport()
+
+    def close_idle(self) -> None:
+        if not self.h2.closed:
+            self.h2.goaway(ErrorCode.NO_ERROR)
+        self.close_transport()
+
+    def abort_streams(self, message: str) -> None:
+        for handler in list(self.streams.values()):
+            handler.caller_abort(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lose()
+        self._listener.connections.discard(self)
+        self._listener.connection_gone()
+
+    def _lose(self) -> None:
+        if self._final_goaway is not None:
+            self._final_goaway.cancel()
+            self._final_goaway = None
+        streams, self.streams = self.streams, {}
+        self.release_acks()
+        for handler in streams.values():
+            handler.caller_reset()
+
+
+class EngineListener:
+    """One `engine: frames` listener on one Unix socket."""
+
+    def __init__(
+        self,
+        listener: Listener,
+        key: str,
+        max_message: int,
+        runtime: Callable[[], Runtime],
+        health: HealthReporter,
+        telemetry: Telemetry,
+    ) -> None:
+        self.listener = listener
+        self.key = key
+        self.limits = EngineLimits()
+        self.connections: set[CallerConnection] = set()
+        self.stopping = False
+        self.proxy = FrameProxy(listener.name, runtime, telemetry)
+        self._folder = tempfile.mkdtemp(prefix="sidecar-")  # 0700
+        private = os.path.join(self._folder, "internal.sock")
+        self.internal = ListenerServer(
+            dataclasses.replace(listener, socket=private, mode=0o600), f"{key} (internal)",
+            max_message, runtime, health, telemetry)
+        self._internal_pool = UpstreamPool("daemon", f"unix:{private}", INTERNAL_CONNECTIONS)
+        self._server: asyncio.AbstractServer | None = None
+        self._bound = False
+        self._idle_task: asyncio.Task[None] | None = None
+        self._all_gone = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.internal.start()
+        path = self.listener.socket
+        key = f"{self.key}.socket"
+        prepare_socket_path(path, key)
+        loop = asyncio.get_running_loop()
+        try:
+            with _umask_for(self.listener.mode):
+                self._server = await loop.create_unix_server(
+                    lambda: CallerConnection(self), path)
+            self._bound = True
+            os.chmod(path, self.listener.mode)
+        except OSError as e:
+            raise ListenerError(f"{key}: cannot listen on {path}: {e.strerror or e}") from e
+        self._idle_task = asyncio.ensure_future(self._reap_idle())
+
+    def update(self, listener: Listener, key: str) -> None:
+        """Take a reloaded listener on the same socket: new name or mode apply at once."""
+        if listener.mode != self.listener.mode:
+            os.chmod(listener.socket, listener.mode)
+        self.internal.update(dataclasses.replace(listener, socket=self.internal.listener.socket,
+                                                 mode=0o600), f"{key} (internal)")
+        self.listener = listener
+        self.key = key
+        self.proxy.listener = listener.name
+
+    def dispatch(self, conn: CallerConnection, event: RequestReceived) -> CallerStream:
+        headers = event.headers
+        path = b""
+        for name, value in headers:
+            if name == b":path":
+                path = value
+                break
+            if name[:1] != b":":
+                break
+        if path.startswith(INTERNAL_PREFIXES):
+            return Relay(conn, event.stream_id, headers, event.end_stream, self._internal_pool)
+        return self.proxy.stream(conn, event.stream_id, headers, path, event.end_stream)
+
+    def connection_gone(self) -> None:
+        if self.stopping and not self.connections:
+            self._all_gone.set()
+
+    async def stop(self, grace: float | None) -> None:
+        """GOAWAY to every caller, serve streams already received for `grace` seconds,
+        answer the rest UNAVAILABLE, close, remove the socket file."""
+        self.stopping = True
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.drain()
+        if not self.connections:
+            self._all_gone.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_gone.wait(), grace or 0)
+        for conn in list(self.connections):
+            conn.abort_streams(STOPPING)
+            conn.close_transport()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_gone.wait(), CLOSE_WAIT)
+        for conn in list(self.connections):
+            conn.close_transport(abort=True)
+        if self._bound:
+            self._bound = False
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.listener.socket)
+        await self._internal_pool.close()
+        await self.internal.stop(0)
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    async def _reap_idle(self) -> None:
+        """GOAWAY and close connections that had no stream for `idle_timeout` seconds."""
+        while True:
+            timeout = self.listener.idle_timeout
+            await asyncio.sleep(min(max(timeout / 4, 0.05), 30.0))
+            limit = time.monotonic() - timeout
+            for conn in list(self.connections):
+                if not conn.streams and conn.idle_since < limit:
+                    conn.close_idle()
+

@@ -1,0 +1,465 @@
+"""The transparent proxy on the frame engine: one caller stream, its upstream attempts.
+
+Same semantics as `services/proxy.py`: `context`, `routing` and `resilience` decide;
+this module moves frames. The request's DATA is kept until END_STREAM (bounded by the
+target's `limits.max_message`) and replayed on a retry; the response's HEADERS are held
+until its first DATA or its trailers, so a retry stays possible until the caller has
+seen a message, never after. Transport failures are known from our engine's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import grpc
+
+from sidecar.context import CallContext, build_context, require_identity
+from sidecar.engine.events import Headers
+from sidecar.engine.frames import ErrorCode
+from sidecar.engine.relay import error_block
+from sidecar.errors import SidecarError, UpstreamTimeoutError, UpstreamUnavailableError
+from sidecar.resilience.backoff import grpc_pushback
+from sidecar.resilience.policy import Attempt
+from sidecar.runtime import Runtime
+from sidecar.telemetry.hub import Telemetry
+from sidecar.upstreams.grpc import PUSHBACK_KEY, classify, upstream_metadata
+
+if TYPE_CHECKING:
+    from sidecar.config import GrpcTarget
+    from sidecar.engine.client import UpstreamConnection
+    from sidecar.engine.pool import UpstreamPool
+    from sidecar.engine.server import CallerConnection
+
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+_OK = grpc.StatusCode.OK
+_CORRELATION = b"correlation-id"
+_STATUS = b"grpc-status"
+_PUSHBACK = PUSHBACK_KEY.encode()
+# Caller headers re-sent as they are: they describe the messages, which pass untouched.
+_TRANSPORT = frozenset({b"content-type", b"grpc-encoding", b"grpc-accept-encoding",
+                        b"user-agent"})
+_UNKNOWN_LIMIT = 1 << 62
+_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+# RST_STREAM codes as gRPC statuses (the gRPC HTTP/2 protocol document).
+_RESET_STATUS: dict[int, grpc.StatusCode] = {
+    ErrorCode.CANCEL: grpc.StatusCode.CANCELLED,
+    ErrorCode.ENHANCE_YOUR_CALM: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.INADEQUATE_SECURITY: grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
+class FrameProxy:
+    """Every proxied stream of one listener."""
+
+    def __init__(self, listener: str, runtime: Callable[[], Runtime],
+                 telemetry: Telemetry) -> None:
+        self.listener = listener
+        self.runtime = runtime
+        self.telemetry = telemetry
+
+    def stream(self, conn: CallerConnection, stream_id: int, headers: Headers,
+               path: bytes, end_stream: bool) -> ProxiedCall:
+        return ProxiedCall(self, conn, stream_id, headers, path, end_stream)
+
+
+class ProxiedCall:
+    """One caller stream across its upstream attempts (caller side and upstream side)."""
+
+    __slots__ = (
+        "_aborted",
+        "_chunks",
+        "_code",
+        "_committed",
+        "_conn",
+        "_ctx",
+        "_details",
+        "_error",
+        "_finished",
+        "_headers",
+        "_headers_sent",
+        "_kept",
+        "_lengths",
+        "_limit",
+        "_proxy",
+        "_replayable",
+        "_req_ended",
+        "_request",
+        "_response",
+        "_retry_on",
+        "_sid",
+        "_target",
+        "_task",
+        "_trace_at",
+        "_trailers",
+        "_up",
+        "_up_sid",
+        "_waiter",
+    )
+
+    def __init__(self, proxy: FrameProxy, conn: CallerConnection, stream_id: int,
+                 headers: Headers, path: bytes, end_stream: bool) -> None:
+        self._proxy = proxy
+        self._conn = conn
+        self._sid = stream_id
+        self._headers = headers
+        self._req_ended = end_stream
+        self._chunks: list[memoryview | bytes] = []
+        self._lengths: list[int] = []  # flow-controlled bytes not yet acknowledged
+        self._kept = 0
+        self._limit = _UNKNOWN_LIMIT  # until the target is known
+        self._replayable = True
+        self._committed = False
+        self._headers_sent = False
+        self._finished = False
+        self._aborted: str | None = None
+        self._up: UpstreamConnection | None = None
+        self._up_sid = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._response: Headers | None = None
+        self._trailers: Headers | None = None
+        self._code = grpc.StatusCode.UNKNOWN
+        self._details = ""
+        self._error: SidecarError | None = None
+        self._request: Headers = []
+        self._trace_at = 0
+        self._task = asyncio.ensure_future(self._run(path.decode("latin-1")))
+
+    # -- the call -------------------------------------------------------------------------
+
+    async def _run(self, method: str) -> None:
+        started = time.monotonic()
+        proxy = self._proxy
+        runtime = proxy.runtime()
+        runtime.enter()
+        listener = proxy.listener
+        router = runtime.routers[listener]
+        metadata, timeout, transport = _caller_metadata(self._headers)
+        ctx = self._ctx = build_context(metadata, router.listener.identity)
+        proxy.telemetry.begin(listener, method, ctx)
+        target: str | None = None
+        status = _OK
+        try:
+            try:
+                require_identity(ctx, router.listener.identity, listener)
+                target = router.route(method, ctx.target_hint)
+                upstream = runtime.grpc[target]
+                config = self._target = upstream.target
+                policy = runtime.policies[target]
+                if config.tls is not None:
+                    raise UpstreamUnavailableError(
+                        f"target {target!r}: TLS targets are not reached by engine: frames "
+                        "yet (use engine: grpcio on this listener)")
+                pool = runtime.frame_pool(target)
+                self._retry_on = upstream.retry_on
+                self._limit = config.limits.max_message
+                if self._kept > self._limit:
+                    self._replayable = False
+                self._build_request(method, pool, transport, ctx, config)
+                deadline = started + (config.timeout if timeout is None else timeout)
+                policy.admit()
+                try:
+                    await policy.run(deadline, lambda left: self._attempt(left, pool))
+                    status = self._deliver()
+                except SidecarError as e:
+                    policy.note_error(str(e))
+                    raise
+                finally:
+                    policy.release()
+            except SidecarError as e:
+                status = e.grpc_status
+                self._send_status(status.value[0], str(e))
+        except asyncio.CancelledError:
+            if self._aborted is not None:
+                status = grpc.StatusCode.UNAVAILABLE
+                self._send_status(status.value[0], self._aborted)
+            else:
+                status = grpc.StatusCode.CANCELLED
+        finally:
+            self._finished = True
+            self._release_request()
+            runtime.leave()
+            self._conn.finish(self._sid, not self._req_ended)
+            proxy.telemetry.end(listener, method, target, "grpc" if target else None,
+                                status, started, ctx)
+
+    def _build_request(self, method: str, pool: UpstreamPool, transport: Headers,
+                       ctx: CallContext, target: GrpcTarget) -> None:
+        """The upstream request headers, once per call; attempts fill in their own
+        traceparent and grpc-timeout."""
+        request: Headers = [
+            (b":method", b"POST"), (b":scheme", b"http"), (b":path", method.encode("latin-1")),
+            (b":authority", pool.authority), (b"te", b"trailers"), *transport,
+        ]
+        if not any(name == b"content-type" for name, _ in transport):
+            request.append((b"content-type", b"application/grpc"))
+        for key, value in upstream_metadata(ctx, target):
+            if key == "traceparent":
+                self._trace_at = len(request)
+            request.append((key.encode("latin-1"), _encode(value)))
+        request.append((b"grpc-timeout", b""))
+        self._request = request
+
+    async def _attempt(self, time_left: float, pool: UpstreamPool) -> Attempt:
+        """One upstream try; its response streams to the caller from its first message."""
+        loop = asyncio.get_running_loop()
+        self._response = self._trailers = None
+        self._error = None
+        self._code = grpc.StatusCode.UNKNOWN
+        self._details = ""
+        target = self._target
+        ctx = self._ctx
+        traceparent = ctx.begin_attempt(target.name)
+        conn = pool.ready()
+        try:
+            if conn is None:
+                conn = await asyncio.wait_for(pool.connection(), time_left)
+        except TimeoutError:
+            self._timed_out()
+        except UpstreamUnavailableError as e:
+            self._code = grpc.StatusCode.UNAVAILABLE
+            self._error = e
+        else:
+            self._open(conn, time_left, traceparent)
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(time_left, self._expire)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+                self._close_upstream()
+        ctx.end_attempt(None if self._code is _OK else self._code.name)
+        verdict = classify(self._code, self._error, self._retry_on)
+        verdict.committed = self._committed
+        verdict.retryable = verdict.retryable and self._replayable
+        if verdict.retryable and self._trailers is not None:
+            for name, value in self._trailers:
+                if name == _PUSHBACK:
+                    verdict.pushback = grpc_pushback(value.decode("latin-1"))
+        return verdict
+
+    def _open(self, conn: UpstreamConnection, time_left: float, traceparent: str) -> None:
+        request = self._request.copy()
+        request[self._trace_at] = (b"traceparent", traceparent.encode())
+        request[-1] = (b"grpc-timeout", _grpc_timeout(time_left))
+        chunks = self._chunks
+        self._up = conn
+        sid = self._up_sid = conn.open(self, request, self._req_ended and not chunks)
+        if chunks:
+            lengths = self._lengths
+            last = len(chunks) - 1
+            caller, caller_sid = self._conn, self._sid
+            for i, chunk in enumerate(chunks):
+                conn.send_data(sid, chunk, self._req_ended and i == last, caller, caller_sid,
+                               lengths[i])
+                lengths[i] = 0
+            if not self._replayable:
+                self._release_request()
+
+    def _deliver(self) -> grpc.StatusCode:
+        """Give the caller the final attempt's answer (streamed already once committed)."""
+        if self._error is not None:
+            raise self._error
+        if not self._committed:
+            conn, sid = self._conn, self._sid
+            correlation = (_CORRELATION, self._ctx.correlation_id.encode())
+            if self._response is not None:
+                conn.send_headers(sid, _with_correlation(self._response, correlation))
+                if self._trailers is not None:
+                    conn.send_trailers(sid, self._trailers)
+            elif self._trailers is not None:  # trailers-only
+                conn.send_headers(sid, _with_correlation(self._trailers, correlation), True)
+            self._headers_sent = True
+        return self._code
+
+    def _send_status(self, code: int, message: str) -> None:
+        """The daemon's own answer: trailers-only, or trailers once headers went out."""
+        extra = None if self._headers_sent else [
+            (_CORRELATION, self._ctx.correlation_id.encode())]
+        self._conn.send_trailers(self._sid, error_block(code, message, self._headers_sent,
+                                                        extra))
+        self._headers_sent = True
+
+    # -- caller side ----------------------------------------------------------------------
+
+    def caller_data(self, data: memoryview | bytes, length: int, end_stream: bool) -> None:
+        if end_stream:
+            self._req_ended = True
+        up = self._up
+        if self._finished:
+            self._conn.acknowledge(self._sid, length)
+        elif up is not None:
+            up.send_data(self._up_sid, data, end_stream, self._conn, self._sid, length)
+            if self._replayable:
+                self._keep(data, 0)
+        else:
+            self._keep(data, length)
+
+    def _keep(self, data: memoryview | bytes, length: int) -> None:
+        self._chunks.append(data)
+        self._lengths.append(length)
+        self._kept += len(data)
+        if self._kept > self._limit:
+            self._replayable = False
+
+    def _release_request(self) -> None:
+        """Replay is over: acknowledge what was held and keep nothing more."""
+        conn, sid = self._conn, self._sid
+        for length in self._lengths:
+            if length:
+                conn.acknowledge(sid, length)
+        self._chunks = []
+        self._lengths = []
+
+    def caller_reset(self) -> None:
+        """The caller reset the stream (or its connection is gone): cancel upstream."""
+        self._headers_sent = True  # nothing more may be sent on the caller's stream
+        self._task.cancel()
+
+    def caller_abort(self, message: str) -> None:
+        """The listener's drain deadline passed: answer UNAVAILABLE, cancel upstream."""
+        self._aborted = message
+        self._task.cancel()
+
+    # -- upstream side --------------------------------------------------------------------
+
+    def up_response(self, headers: Headers, end_stream: bool) -> None:
+        if end_stream:
+            self.up_trailers(headers)
+        else:
+            self._response = headers
+
+    def up_data(self, data: memoryview | bytes, length: int, end_stream: bool) -> None:
+        conn = self._conn
+        if not self._committed:
+            self._committed = True
+            self._headers_sent = True
+            self._replayable = False
+            self._release_request()
+            correlation = (_CORRELATION, self._ctx.correlation_id.encode())
+            conn.send_headers(self._sid, _with_correlation(self._response or [], correlation))
+        conn.send_data(self._sid, data, False, self._up, self._up_sid, length)
+        if end_stream:  # DATA ending the stream: the upstream sent no status
+            self._up = None
+            self._code = grpc.StatusCode.INTERNAL
+            self._error = UpstreamUnavailableError(
+                f"target {self._target.name!r}: response ended without a status")
+            self._settle()
+
+    def up_trailers(self, headers: Headers) -> None:
+        self._up = None
+        code = grpc.StatusCode.UNKNOWN
+        for name, value in headers:
+            if name == _STATUS:
+                code = _CODES.get(int(value) if value.isdigit() else -1, code)
+                break
+        self._code = code
+        self._trailers = headers
+        if self._committed:
+            self._conn.send_trailers(self._sid, headers)
+        self._settle()
+
+    def up_reset(self, code: int) -> None:
+        self._up = None
+        name = self._target.name
+        if code == ErrorCode.REFUSED_STREAM:
+            self._code = grpc.StatusCode.UNAVAILABLE
+            self._error = UpstreamUnavailableError(f"target {name!r} unreachable: stream refused")
+        else:
+            self._code = _RESET_STATUS.get(code, grpc.StatusCode.INTERNAL)
+            self._error = _UpstreamStatus(self._code, f"target {name!r} reset the stream "
+                                                      f"(HTTP/2 error {code})")
+        self._settle()
+
+    def up_lost(self, reason: str) -> None:
+        self._up = None
+        self._code = grpc.StatusCode.UNAVAILABLE
+        self._error = UpstreamUnavailableError(
+            f"target {self._target.name!r} unreachable: {reason}")
+        self._settle()
+
+    def _expire(self) -> None:
+        self._close_upstream()
+        self._timed_out()
+        self._settle()
+
+    def _timed_out(self) -> None:
+        self._code = grpc.StatusCode.DEADLINE_EXCEEDED
+        self._error = UpstreamTimeoutError(f"target {self._target.name!r}: deadline exceeded")
+
+    def _close_upstream(self) -> None:
+        up = self._up
+        if up is not None:
+            self._up = None
+            up.finish(self._up_sid, cancel=True)
+
+    def _settle(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class _UpstreamStatus(SidecarError):
+    """A status the upstream caused without sending one (it reset the stream)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.grpc_status = code
+
+
+def _caller_metadata(
+    headers: Headers,
+) -> tuple[list[tuple[str, str | bytes]], float | None, Headers]:
+    """Metadata as text (`-bin` values stay the wire's base64), grpc-timeout in seconds,
+    and the transport headers re-sent upstream, in one pass."""
+    metadata: list[tuple[str, str | bytes]] = []
+    transport: Headers = []
+    timeout = None
+    for name, value in headers:
+        if name[:1] == b":":
+            continue
+        if name in _TRANSPORT:
+            transport.append((name, value))
+        elif name == b"grpc-timeout":
+            timeout = _parse_timeout(value)
+        else:
+            metadata.append((name.decode("latin-1"), value.decode("latin-1")))
+    return metadata, timeout, transport
+
+
+def _parse_timeout(value: bytes) -> float | None:
+    unit = _UNITS.get(value[-1:])
+    digits = value[:-1]
+    if unit is None or not digits.isdigit() or len(digits) > 8:
+        return None
+    return int(digits) * unit
+
+
+def _grpc_timeout(seconds: float) -> bytes:
+    """Time left as grpc-timeout, rounded up (at most 8 digits)."""
+    micros = math.ceil(seconds * 1e6)
+    if micros < 100_000_000:
+        return b"%du" % max(micros, 1)
+    millis = math.ceil(seconds * 1e3)
+    if millis < 100_000_000:
+        return b"%dm" % millis
+    return b"%dS" % min(math.ceil(seconds), 99_999_999)
+
+
+def _encode(value: str | bytes) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode()
+
+
+def _with_correlation(headers: Headers, correlation: tuple[bytes, bytes]) -> Headers:
+    out = [kv for kv in headers if kv[0] != _CORRELATION]
+    out.append(correlation)
+    return out
