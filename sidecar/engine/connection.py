@@ -30,6 +30,7 @@ from sidecar.engine.inbound import Inbound
 from sidecar.engine.lifecycle import CLOSED as CLOSED_CONNECTION
 from sidecar.engine.limits import EngineLimits
 from sidecar.engine.streams import (
+    CLOSED,
     IDLE,
     SEND_DATA,
     SEND_END_STREAM,
@@ -37,6 +38,7 @@ from sidecar.engine.streams import (
     SEND_RST_STREAM,
     TRANSITIONS,
     Stream,
+    StreamState,
 )
 
 _DATA = int(FrameType.DATA)
@@ -119,6 +121,15 @@ class H2Connection(Inbound):
         if self._next_local > MAX_STREAM_ID:
             raise StreamLimitError("stream ids are exhausted: open a new connection")
         return self._next_local
+
+    def stream_state(self, stream_id: int) -> StreamState:
+        """State of a stream (RFC 9113 section 5.1); forgotten streams are CLOSED."""
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            return stream.state
+        if self._is_idle(stream_id) or self._skipped(stream_id):
+            return IDLE
+        return CLOSED
 
     @property
     def open_outbound_streams(self) -> int:
@@ -224,9 +235,9 @@ class H2Connection(Inbound):
         self._check_open()
         stream = self._streams.get(stream_id)
         if stream is None:
-            if self._is_idle(stream_id):
+            if self.stream_state(stream_id) is IDLE:
                 raise StreamStateError(f"stream {stream_id} was never opened")
-            return
+            return  # closed already: nothing may be sent on it (section 5.1)
         self._out.append(rst_stream_frame(stream_id, error_code))
         self._apply_input(stream, SEND_RST_STREAM)
         self._remember_quiet(stream_id)
@@ -320,6 +331,7 @@ class H2Connection(Inbound):
             self._peer_initial_window, self._limits.initial_window,
         )
         self._streams[stream_id] = stream
+        self._note_opened(stream_id, self._next_local, remote=False)
         self._next_local = stream_id + 2
         self._outbound_open += 1
         return stream

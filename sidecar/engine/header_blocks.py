@@ -42,6 +42,7 @@ from sidecar.engine.streams import (
 _NEW = 0  # the peer opens it
 _KNOWN = 1  # in the table
 _FORGOTTEN = 2  # used before and closed since
+_MAX_GAPS = 16
 
 
 class HeaderBlocks:
@@ -62,6 +63,9 @@ class HeaderBlocks:
         self._goaway_last: int | None = None
         # Streams we reset lately: the peer's frames still in flight on them are dropped.
         self._quiet: dict[int, None] = {}
+        # Ids skipped by a new stream (closed without ever opening, section 5.1.1), as
+        # inclusive ranges, remote then local; the oldest are forgotten past _MAX_GAPS.
+        self._gaps: tuple[list[tuple[int, int]], list[tuple[int, int]]] = ([], [])
         self._peer_initial_window = DEFAULT_WINDOW
         self._max_block = limits.max_header_list_size
         self._block_stream = 0  # stream of the block being assembled, 0 when none
@@ -112,12 +116,17 @@ class HeaderBlocks:
                 raise ConnectionViolation(
                     ErrorCode.PROTOCOL_ERROR, "HEADERS on a server stream (push is disabled)"
                 )
-            if stream_id > self._highest_remote:
+            highest = self._highest_remote
+            if stream_id > highest:
+                self._note_opened(stream_id, highest + 2 if highest else 1, remote=True)
                 self._highest_remote = stream_id
                 return _NEW
-            return _FORGOTTEN
-        if stream_id >= self._next_local:
+        elif stream_id >= self._next_local:
             raise ConnectionViolation(ErrorCode.PROTOCOL_ERROR, "HEADERS on an idle stream")
+        if self._skipped(stream_id):
+            raise ConnectionViolation(
+                ErrorCode.PROTOCOL_ERROR, "HEADERS on a stream id that was skipped"
+            )
         return _FORGOTTEN
 
     def _end_block(
@@ -194,8 +203,8 @@ class HeaderBlocks:
         """Answer a frame the table refuses; a forgotten stream is CLOSED, an unused one IDLE."""
         if stream is not None:
             state = stream.state
-        elif self._is_idle(stream_id):
-            state = IDLE
+        elif self._is_idle(stream_id) or self._skipped(stream_id):
+            state = IDLE  # never opened: only HEADERS (and PRIORITY) may come
         else:
             state = CLOSED
         if (state, event) in TRANSITIONS:
@@ -205,7 +214,7 @@ class HeaderBlocks:
             raise AssertionError(event)
         connection_wide, code = verdict
         if connection_wide:
-            raise ConnectionViolation(code, f"{event.name} on idle stream {stream_id}")
+            raise ConnectionViolation(code, f"{event.name} on never opened stream {stream_id}")
         if state is CLOSED and stream_id in self._quiet:
             return
         raise StreamViolation(stream_id, code, f"{event.name} on a stream in {state.name}")
@@ -232,6 +241,17 @@ class HeaderBlocks:
         quiet[stream_id] = None
         if len(quiet) > self._limits.closed_stream_memory:
             del quiet[next(iter(quiet))]
+
+    def _note_opened(self, stream_id: int, expected: int, remote: bool) -> None:
+        if stream_id > expected:
+            gaps = self._gaps[0 if remote else 1]
+            gaps.append((expected, stream_id - 2))
+            if len(gaps) > _MAX_GAPS:
+                del gaps[0]
+
+    def _skipped(self, stream_id: int) -> bool:
+        gaps = self._gaps[0 if stream_id & 1 == self._remote_parity else 1]
+        return any(low <= stream_id <= high for low, high in gaps)
 
     def _is_idle(self, stream_id: int) -> bool:
         if stream_id & 1 == self._remote_parity:

@@ -78,6 +78,7 @@ TRANSITIONS: dict[tuple[StreamState, StreamInput], StreamState] = {
     (HALF_CLOSED_REMOTE, RECV_RST_STREAM): CLOSED,
     (HALF_CLOSED_REMOTE, RECV_WINDOW_UPDATE): HALF_CLOSED_REMOTE,
     # Closed (section 5.1): WINDOW_UPDATE or RST_STREAM may still be in flight; discard them.
+    # Nothing may be sent on a closed stream: reset_stream() of one sends nothing.
     (CLOSED, RECV_RST_STREAM): CLOSED,
     (CLOSED, RECV_WINDOW_UPDATE): CLOSED,
 }

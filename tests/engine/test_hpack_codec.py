@@ -1,0 +1,157 @@
+"""Pins the jh2._hazmat API the engine relies on (not jh2's public face), and our wrapper."""
+
+from __future__ import annotations
+
+import pytest
+from jh2._hazmat import Decoder, Encoder, HPACKError, OversizedHeaderListError
+
+from sidecar.engine.errors import ConnectionViolation
+from sidecar.engine.frames import ErrorCode
+from sidecar.engine.hpack import HeaderCodec, ends_on_boundary
+from tests.engine.wire import REQUEST
+
+
+def fields(
+    headers: list[tuple[bytes, bytes]], sensitive: bool = False
+) -> list[tuple[bytes, bytes, bool]]:
+    return [(n, v, sensitive) for n, v in headers]
+
+
+def test_encoder_and_decoder_take_no_required_arguments() -> None:
+    assert Encoder().header_table_size == 4096
+    assert Decoder().header_table_size == 4096
+
+
+def test_decoder_takes_max_header_list_size_in_its_constructor() -> None:
+    assert Decoder(max_header_list_size=1234).max_header_list_size == 1234
+
+
+def test_decode_raw_round_trips_encode_as_bytes_triples() -> None:
+    block = Encoder().encode(fields(REQUEST), huffman=False)
+    assert isinstance(block, bytes)
+    assert Decoder().decode(block, raw=True) == fields(REQUEST)
+
+
+def test_encode_with_huffman_decodes_the_same() -> None:
+    block = Encoder().encode(fields(REQUEST), huffman=True)
+    assert Decoder().decode(block, raw=True) == fields(REQUEST)
+
+
+def test_dynamic_table_state_carries_across_blocks() -> None:
+    encoder, decoder = Encoder(), Decoder()
+    decoder.decode(encoder.encode(fields(REQUEST)), raw=True)
+    second = encoder.encode(fields(REQUEST))
+    assert len(second) < 10
+    assert decoder.decode(second, raw=True) == fields(REQUEST)
+
+
+def test_sensitive_fields_are_sent_never_indexed_and_decoded_as_sensitive() -> None:
+    block = Encoder().encode([(b"authorization", b"secret", True)], huffman=False)
+    assert block[0] & 0xF0 == 0x10  # literal never indexed (RFC 7541 6.2.3)
+    assert Decoder().decode(block, raw=True) == [(b"authorization", b"secret", True)]
+
+
+def test_encoder_header_table_size_setter_emits_a_size_update() -> None:
+    encoder = Encoder()
+    encoder.header_table_size = 0
+    assert encoder.header_table_size == 0
+    block = encoder.encode([(b"a", b"b", False)], huffman=False)
+    assert block[0] & 0xE0 == 0x20  # dynamic table size update first (RFC 7541 6.3)
+
+
+def test_encode_needs_triples() -> None:
+    with pytest.raises(ValueError):
+        Encoder().encode([(b"a", b"b")])  # type: ignore[list-item]
+
+
+def test_decode_needs_bytes_not_memoryview() -> None:
+    with pytest.raises(TypeError):
+        Decoder().decode(memoryview(b"\x82"), raw=True)  # type: ignore[arg-type]
+
+
+def test_invalid_block_raises_hpack_error() -> None:
+    with pytest.raises(HPACKError):
+        Decoder().decode(b"\x80", raw=True)  # index 0 is invalid
+
+
+def test_oversized_header_list_raises_its_own_exception_type() -> None:
+    block = Encoder().encode([(b"abc", b"defghijk", False)])
+    decoder = Decoder(max_header_list_size=10)
+    with pytest.raises(OversizedHeaderListError):
+        decoder.decode(block, raw=True)
+    assert not issubclass(OversizedHeaderListError, HPACKError)
+
+
+def test_header_list_size_counts_name_and_value_bytes_without_overhead() -> None:
+    # Unlike RFC 9113's definition (32 bytes more per field): jh2 refuses a list only when its
+    # names and values alone reach the limit, so it lets through a little more than advertised.
+    block = Encoder().encode([(b"abc", b"defghijk", False)] * 2)  # 2 * 11 bytes
+    assert Decoder(max_header_list_size=23).decode(block, raw=True)
+    with pytest.raises(OversizedHeaderListError):
+        Decoder(max_header_list_size=22).decode(block, raw=True)
+
+
+def test_decoder_refuses_a_table_size_update_above_its_maximum() -> None:
+    with pytest.raises(HPACKError):
+        Decoder().decode(bytes.fromhex("3fe1ff03"), raw=True)
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"\xff",  # indexed field whose integer continues past the end
+        b"\xff\x80",
+        b"\x40",  # literal with a new name, no name string
+        b"\x40\x01a",  # ... no value string
+        b"\x00\x7f",  # name length integer continues past the end
+        b"\x3f",  # table size update whose integer continues past the end
+    ],
+)
+def test_truncated_blocks_do_not_end_on_a_representation_boundary(block: bytes) -> None:
+    assert not ends_on_boundary(block)
+
+
+@pytest.mark.parametrize("huffman", [True, False])
+def test_encoded_blocks_end_on_a_representation_boundary(huffman: bool) -> None:
+    encoder = Encoder()
+    for _ in range(3):
+        assert ends_on_boundary(encoder.encode(fields(REQUEST), huffman=huffman))
+    long_value = [(b"x-long", b"v" * 300, False)]
+    assert ends_on_boundary(encoder.encode(long_value, huffman=huffman))
+
+
+def test_codec_refuses_truncated_blocks_without_reaching_the_rust_decoder() -> None:
+    with pytest.raises(ConnectionViolation) as caught:
+        HeaderCodec(16_384, 4096).decode(b"\x40\x01a")
+    assert caught.value.error_code == ErrorCode.COMPRESSION_ERROR
+
+
+def test_codec_turns_an_invalid_block_into_compression_error() -> None:
+    with pytest.raises(ConnectionViolation) as caught:
+        HeaderCodec(16_384, 4096).decode(b"\x80")
+    assert caught.value.error_code == ErrorCode.COMPRESSION_ERROR
+
+
+def test_codec_turns_an_oversized_list_into_enhance_your_calm() -> None:
+    block = Encoder().encode([(b"x", b"y" * 100, False)])
+    with pytest.raises(ConnectionViolation) as caught:
+        HeaderCodec(64, 4096).decode(block)
+    assert caught.value.error_code == ErrorCode.ENHANCE_YOUR_CALM
+
+
+def test_codec_sends_authorization_never_indexed() -> None:
+    block = HeaderCodec(16_384, 4096).encode([(b"authorization", b"Bearer x")])
+    assert Decoder().decode(block, raw=True) == [(b"authorization", b"Bearer x", True)]
+
+
+def test_codec_sends_requested_names_never_indexed() -> None:
+    block = HeaderCodec(16_384, 4096).encode([(b"cookie", b"a"), (b"x", b"b")], {b"cookie"})
+    assert Decoder().decode(block, raw=True) == [(b"cookie", b"a", True), (b"x", b"b", False)]
+
+
+def test_codec_caps_the_peer_table_size() -> None:
+    codec = HeaderCodec(16_384, 4096)
+    codec.set_peer_table_size(1 << 30)
+    codec.set_peer_table_size(100)
+    decoder = Decoder()
+    assert decoder.decode(codec.encode(REQUEST), raw=True) == fields(REQUEST)
