@@ -309,8 +309,8 @@ def test_healthcheck_passes_while_daemon_serves_and_fails_once_it_stopped(
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(30) == 0
     stopped = healthcheck()
-    assert stopped.returncode != 0
-    assert "UNAVAILABLE" in stopped.stderr
+    assert stopped.returncode == 2  # grpc_health_probe's "cannot connect"
+    assert f"cannot reach the daemon at unix:{socket}" in stopped.stderr
 
 
 # ---- Kubernetes ----------------------------------------------------------------------

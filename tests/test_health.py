@@ -58,12 +58,14 @@ def test_health_cli_exit_codes(daemon: Daemon, short_dir: Path) -> None:
         [sys.executable, "-m", "sidecar", "health", "--socket", daemon.socket,
          "--service", "no-such-target"],
         capture_output=True, text=True, timeout=30, cwd=ROOT)
-    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
+    # grpc_health_probe's codes: 3 the health call failed, 2 cannot connect.
+    assert unknown.returncode == 3 and "NOT_FOUND" in unknown.stderr
+    assert "'no-such-target'" in unknown.stderr
     daemon.stop()
     gone = subprocess.run([sys.executable, "-m", "sidecar", "health", "--socket", daemon.socket,
                            "--timeout", "1"],
                           capture_output=True, text=True, timeout=30, cwd=ROOT)
-    assert gone.returncode == 1
+    assert gone.returncode == 2 and "cannot reach the daemon" in gone.stderr
 
 
 def test_reflection_lists_the_daemon_services(daemon: Daemon) -> None:
