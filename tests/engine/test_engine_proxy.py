@@ -208,6 +208,7 @@ def test_upstream_down_then_up_is_retried(
     socket_path = str(short_dir / "late.sock")
     config = frames_config(short_dir, None)
     config["targets"] = {"late": {"kind": "grpc", "address": f"unix://{socket_path}",
+                                  "breaker": {"failures": 100},
                                   "retry": {"attempts": 5, "backoff": {"base": "200ms",
                                                                        "max": "400ms"}}}}
     config["listeners"][0]["default_target"] = "late"
@@ -217,11 +218,14 @@ def test_upstream_down_then_up_is_retried(
             ch.unary_unary("/test.Echo/Unary")(b"x", timeout=2)
         assert err.value.code() is grpc.StatusCode.UNAVAILABLE
         assert "'late'" in err.value.details()
-        late = start_upstream(socket_path)
+        started: list[Upstream] = []
+        timer = threading.Timer(0.3, lambda: started.append(start_upstream(socket_path)))
+        timer.start()  # the upstream comes up while the next call is being retried
         try:
             assert ch.unary_unary("/test.Echo/Unary")(b"back", timeout=5) == b"back"
         finally:
-            late.stop()
+            timer.join()
+            started[0].stop()
 
 
 def test_deadline_gives_deadline_exceeded_naming_the_target_and_cancels_upstream(
