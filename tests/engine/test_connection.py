@@ -9,14 +9,21 @@ from hyperframe.frame import (
 )
 
 from sidecar.engine.connection import H2Connection
-from sidecar.engine.errors import ConnectionClosedError, StreamStateError
+from sidecar.engine.errors import ConnectionClosedError, StreamLimitError, StreamStateError
 from sidecar.engine.events import (
     DataReceived,
+    Event,
+    GoAwayReceived,
+    PingAckReceived,
     RemoteSettingsChanged,
     RequestReceived,
+    ResponseReceived,
+    StreamReset,
+    TrailersReceived,
 )
 from sidecar.engine.frames import PREFACE, ErrorCode, SettingId
 from sidecar.engine.limits import EngineLimits
+from sidecar.engine.streams import StreamState
 from tests.engine.wire import (
     MESSAGE,
     REQUEST,
@@ -246,3 +253,128 @@ def test_send_data_accepts_memoryview_and_bytearray() -> None:
     assert conn.send_data(stream_id, memoryview(b"abc")) == 3
     assert conn.send_data(stream_id, bytearray(b"def"), end_stream=True) == 3
     assert b"".join(bytes(f.data) for f in sent(conn)) == b"abcdef"
+
+
+# -- client <-> server ---------------------------------------------------------------------
+
+
+def pair(limits: EngineLimits | None = None) -> tuple[H2Connection, H2Connection]:
+    """A client and a server engine that completed their handshake with each other."""
+    near, far = H2Connection(client=True, settings=limits), H2Connection(False, limits)
+    near.initiate()
+    far.initiate()
+    relay(near, far)
+    return near, far
+
+
+def relay(near: H2Connection, far: H2Connection) -> tuple[list[Event], list[Event]]:
+    """Move bytes both ways until both sides are quiet; the events each side saw."""
+    near_events: list[Event] = []
+    far_events: list[Event] = []
+    while True:
+        to_far, to_near = near.data_to_send(), far.data_to_send()
+        if not to_far and not to_near:
+            return near_events, far_events
+        far_events += far.receive(to_far)
+        near_events += near.receive(to_near)
+
+
+def test_unary_grpc_call_between_client_and_server() -> None:
+    near, far = pair()
+    stream_id = near.next_stream_id()
+    near.send_headers(stream_id, [*REQUEST, (b"grpc-timeout", b"1S")])
+    assert near.send_data(stream_id, MESSAGE, end_stream=True) == len(MESSAGE)
+    _, at_server = relay(near, far)
+    assert at_server == [
+        RequestReceived(stream_id, [*REQUEST, (b"grpc-timeout", b"1S")], False),
+        DataReceived(stream_id, memoryview(MESSAGE), len(MESSAGE), True),
+    ]
+    far.acknowledge_received_data(stream_id, len(MESSAGE))
+    far.send_headers(stream_id, RESPONSE)
+    far.send_data(stream_id, b"\x00\x00\x00\x00\x02ok")
+    far.send_trailers(stream_id, TRAILERS)
+    at_client, _ = relay(near, far)
+    assert [type(e) for e in at_client] == [ResponseReceived, DataReceived, TrailersReceived]
+    assert at_client[0].headers == RESPONSE
+    assert bytes(at_client[1].data) == b"\x00\x00\x00\x00\x02ok"
+    assert at_client[2].headers == TRAILERS
+    assert near.stream_state(stream_id) is far.stream_state(stream_id) is StreamState.CLOSED
+    assert near.open_outbound_streams == far.open_inbound_streams == 0
+
+
+def test_many_calls_reuse_the_hpack_tables() -> None:
+    near, far = pair()
+    sizes = []
+    for _ in range(5):
+        stream_id = near.next_stream_id()
+        near.send_headers(stream_id, REQUEST, end_stream=True)
+        out = near.data_to_send()
+        sizes.append(len(out))
+        assert far.receive(out) == [RequestReceived(stream_id, REQUEST, True)]
+        far.send_headers(stream_id, RESPONSE, end_stream=True)
+        relay(near, far)
+    assert sizes[1] < sizes[0] / 4
+
+
+def test_a_large_stream_flows_under_back_pressure() -> None:
+    near, far = pair(EngineLimits(initial_window=65_535, connection_window=65_535))
+    body = bytes(range(256)) * 4096  # 1 MiB
+    stream_id = near.next_stream_id()
+    near.send_headers(stream_id, REQUEST)
+    received = bytearray()
+    offset = 0
+    ended = False
+    while not ended:
+        taken = near.send_data(stream_id, memoryview(body)[offset:], end_stream=True)
+        offset += taken
+        assert taken or offset < len(body)  # nothing is sent until the window reopens
+        _, events = relay(near, far)
+        for event in events:
+            if isinstance(event, DataReceived):
+                received += event.data
+                far.acknowledge_received_data(event.stream_id, event.flow_controlled_length)
+                ended = event.end_stream
+        relay(near, far)
+    assert bytes(received) == body
+
+
+def test_client_waits_for_a_free_stream_under_the_peer_limit() -> None:
+    near, far = pair(EngineLimits(max_concurrent_streams=2))
+    for _ in range(2):
+        near.send_headers(near.next_stream_id(), REQUEST, end_stream=True)
+    with pytest.raises(StreamLimitError):
+        near.send_headers(near.next_stream_id(), REQUEST, end_stream=True)
+    _, events = relay(near, far)
+    far.send_headers(events[0].stream_id, RESPONSE, end_stream=True)
+    relay(near, far)
+    near.send_headers(near.next_stream_id(), REQUEST, end_stream=True)
+
+
+def test_ping_round_trip() -> None:
+    near, far = pair()
+    near.ping(b"\x00\x01\x02\x03\x04\x05\x06\x07")
+    events, _ = relay(near, far)
+    assert events == [PingAckReceived(b"\x00\x01\x02\x03\x04\x05\x06\x07")]
+
+
+def test_graceful_goaway_lets_the_open_call_finish() -> None:
+    near, far = pair()
+    stream_id = near.next_stream_id()
+    near.send_headers(stream_id, REQUEST, end_stream=True)
+    relay(near, far)
+    far.goaway()
+    events, _ = relay(near, far)
+    assert events == [GoAwayReceived(stream_id, ErrorCode.NO_ERROR, b"")]
+    far.send_headers(stream_id, RESPONSE)
+    far.send_trailers(stream_id, TRAILERS)
+    events, _ = relay(near, far)
+    assert [type(e) for e in events] == [ResponseReceived, TrailersReceived]
+
+
+def test_a_stream_reset_by_the_client_reaches_the_server() -> None:
+    near, far = pair()
+    stream_id = near.next_stream_id()
+    near.send_headers(stream_id, REQUEST)
+    near.reset_stream(stream_id, ErrorCode.CANCEL)
+    _, events = relay(near, far)
+    assert events[-1] == StreamReset(stream_id, ErrorCode.CANCEL, True)
