@@ -1,7 +1,7 @@
 """Reads raw YAML values into typed ones, collecting every problem with its key path.
 
 The model in `config.py` asks a `Section` for each key; a wrong value is
-recorded (`targets.billing.pool.max_connections: must be > 0`) and a default
+recorded (`targets.billing.pool.max_connections: must be >= 1`) and a default
 stands in, so one pass reports all problems at once. Values that came from
 `${VAR}` are never echoed in a message: they may be secrets.
 """
