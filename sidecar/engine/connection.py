@@ -9,7 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Iterable
 
-from sidecar.engine.errors import ConnectionClosedError, StreamLimitError, StreamStateError
+from sidecar.engine.errors import (
+    ConnectionClosedError,
+    EngineError,
+    StreamLimitError,
+    StreamStateError,
+)
 from sidecar.engine.frames import (
     DEFAULT_WINDOW,
     FLAG_END_STREAM,
@@ -79,7 +84,7 @@ class H2Connection(Inbound):
     def initiate(self) -> None:
         """Queue our preface (client), SETTINGS and the connection window raise; call once."""
         if self._initiated:
-            raise StreamStateError("initiate() was already called")
+            raise EngineError("initiate() was already called")
         self._initiated = True
         limits = self._limits
         if self.client:

@@ -61,6 +61,12 @@ class SettingId(IntEnum):
     MAX_HEADER_LIST_SIZE = 0x6
 
 
+# Plain ints for the send path (an IntEnum attribute lookup costs more than the packing).
+_HEADERS = int(FrameType.HEADERS)
+_CONTINUATION = int(FrameType.CONTINUATION)
+_WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
+_RST_STREAM = int(FrameType.RST_STREAM)
+
 # Flags (RFC 9113 section 6); END_STREAM and ACK share a bit on different frame types.
 FLAG_END_STREAM = 0x1
 FLAG_ACK = 0x1
@@ -73,7 +79,7 @@ _HEADER = struct.Struct(">HBBBL")
 _SETTING = struct.Struct(">HL")
 _U32 = struct.Struct(">L")
 _GOAWAY = struct.Struct(">LL")
-_RST_STREAM_HEADER = struct.Struct(">HBBBLL")
+_FOUR_BYTE_FRAME = struct.Struct(">HBBBLL")  # header + one 32-bit field
 
 unpack_header = _HEADER.unpack_from
 """unpack_header(buffer, offset) -> (length_high16, length_low8, type, flags, stream_id_with_R)."""
@@ -119,12 +125,12 @@ def goaway_frame(last_stream_id: int, error_code: int, debug: bytes = b"") -> by
 
 def rst_stream_frame(stream_id: int, error_code: int) -> bytes:
     """A RST_STREAM frame."""
-    return _RST_STREAM_HEADER.pack(0, 4, FrameType.RST_STREAM, 0, stream_id, error_code)
+    return _FOUR_BYTE_FRAME.pack(0, 4, _RST_STREAM, 0, stream_id, error_code)
 
 
 def window_update_frame(stream_id: int, increment: int) -> bytes:
     """A WINDOW_UPDATE frame (stream 0 for the connection window)."""
-    return _RST_STREAM_HEADER.pack(0, 4, FrameType.WINDOW_UPDATE, 0, stream_id, increment)
+    return _FOUR_BYTE_FRAME.pack(0, 4, _WINDOW_UPDATE, 0, stream_id, increment)
 
 
 def header_block_frames(
@@ -133,15 +139,15 @@ def header_block_frames(
     """HEADERS then CONTINUATION frames carrying one encoded header block, none over the limit."""
     flags = FLAG_END_STREAM if end_stream else 0
     if len(block) <= max_frame_size:
-        header = frame_header(len(block), FrameType.HEADERS, flags | FLAG_END_HEADERS, stream_id)
+        header = frame_header(len(block), _HEADERS, flags | FLAG_END_HEADERS, stream_id)
         return [header + block]
-    frames = [frame_header(max_frame_size, FrameType.HEADERS, flags, stream_id)]
+    frames = [frame_header(max_frame_size, _HEADERS, flags, stream_id)]
     frames.append(block[:max_frame_size])
     position = max_frame_size
     while position < len(block):
         chunk = block[position : position + max_frame_size]
         position += len(chunk)
         last = FLAG_END_HEADERS if position >= len(block) else 0
-        frames.append(frame_header(len(chunk), FrameType.CONTINUATION, last, stream_id))
+        frames.append(frame_header(len(chunk), _CONTINUATION, last, stream_id))
         frames.append(chunk)
     return frames

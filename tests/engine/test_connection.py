@@ -9,7 +9,12 @@ from hyperframe.frame import (
 )
 
 from sidecar.engine.connection import H2Connection
-from sidecar.engine.errors import ConnectionClosedError, StreamLimitError, StreamStateError
+from sidecar.engine.errors import (
+    ConnectionClosedError,
+    EngineError,
+    StreamLimitError,
+    StreamStateError,
+)
 from sidecar.engine.events import (
     DataReceived,
     Event,
@@ -93,7 +98,7 @@ def test_connection_window_at_the_default_sends_no_window_update() -> None:
 def test_initiate_twice_is_refused() -> None:
     conn = H2Connection(client=True)
     conn.initiate()
-    with pytest.raises(StreamStateError):
+    with pytest.raises(EngineError):
         conn.initiate()
 
 
