@@ -235,7 +235,7 @@ class H2Connection(Inbound):
             self._apply_input(stream, SEND_END_STREAM)
         return allowed
 
-    def reset_stream(self, stream_id: int, error_code: int = ErrorCode.CANCEL) -> None:
+    def reset_stream(self, stream_id: int, code: int = ErrorCode.CANCEL) -> None:
         """Send RST_STREAM and forget the stream; the peer's late frames on it are dropped."""
         self._check_open()
         stream = self._streams.get(stream_id)
@@ -243,7 +243,7 @@ class H2Connection(Inbound):
             if self.stream_state(stream_id) is IDLE:
                 raise StreamStateError(f"stream {stream_id} was never opened")
             return  # closed already: nothing may be sent on it (section 5.1)
-        self._out.append(rst_stream_frame(stream_id, error_code))
+        self._out.append(rst_stream_frame(stream_id, code))
         self._apply_input(stream, SEND_RST_STREAM)
         self._remember_quiet(stream_id)
 
@@ -255,17 +255,17 @@ class H2Connection(Inbound):
         self._out.append(ping_frame(data))
 
     def goaway(
-        self, error_code: int = ErrorCode.NO_ERROR, last_stream_id: int | None = None,
+        self, code: int = ErrorCode.NO_ERROR, last_stream_id: int | None = None,
         debug: bytes = b"",
     ) -> None:
         """Send GOAWAY. NO_ERROR drains: streams up to `last_stream_id` (default: the last one
         processed) go on, newer peer streams are ignored. Any other code closes the connection."""
         self._check_open()
         last = self._last_processed if last_stream_id is None else last_stream_id
-        self._out.append(goaway_frame(last, error_code, debug))
+        self._out.append(goaway_frame(last, code, debug))
         if self._goaway_last is None or last < self._goaway_last:
             self._goaway_last = last
-        if error_code != ErrorCode.NO_ERROR:
+        if code != ErrorCode.NO_ERROR:
             self._close()
 
     # -- flow control ---------------------------------------------------------------------

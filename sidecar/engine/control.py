@@ -87,9 +87,16 @@ class Control(HeaderBlocks):
         if not stream_id:
             raise ConnectionViolation(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
         if length != 5:
-            raise StreamViolation(stream_id, ErrorCode.FRAME_SIZE_ERROR, "PRIORITY not 5 bytes")
+            self._priority_error(stream_id, ErrorCode.FRAME_SIZE_ERROR, "PRIORITY not 5 bytes")
         if unpack_u32(data, start)[0] & MAX_STREAM_ID == stream_id:
-            raise StreamViolation(stream_id, ErrorCode.PROTOCOL_ERROR, "stream depends on itself")
+            self._priority_error(stream_id, ErrorCode.PROTOCOL_ERROR, "stream depends on itself")
+
+    def _priority_error(self, stream_id: int, code: int, reason: str) -> None:
+        # A stream error, but RST_STREAM may not be sent on an idle stream (section 6.4):
+        # section 5.4.1 lets us end the connection instead.
+        if self._is_idle(stream_id):
+            raise ConnectionViolation(code, reason)
+        raise StreamViolation(stream_id, code, reason)
 
     def _on_rst_stream(
         self, data: bytes, view: memoryview, start: int, length: int, flags: int,

@@ -202,6 +202,12 @@ def test_priority_not_five_bytes_is_a_stream_frame_size_error(length: int) -> No
     assert stream_error(conn, events) == (1, ErrorCode.FRAME_SIZE_ERROR)
 
 
+def test_bad_priority_on_an_idle_stream_is_a_connection_error() -> None:
+    conn = server()
+    events = conn.receive(priority(9, length=4))
+    assert connection_error(conn, events) == ErrorCode.FRAME_SIZE_ERROR
+
+
 def test_priority_depending_on_itself_is_a_stream_protocol_error() -> None:
     conn, peer = server(), Peer()
     open_request(conn, peer)
