@@ -180,8 +180,19 @@ class CallerConnection(H2Protocol):
         self.close_transport()
 
     def abort_streams(self, message: str) -> None:
+        """The drain deadline passed: the final GOAWAY now, UNAVAILABLE on every stream; the
+        connection closes once their answers are queued (`_stream_gone`)."""
+        if self._final_goaway is not None:
+            self._send_final_goaway()
+        elif not self.draining:
+            self.draining = True
+            if not self.h2.closed:
+                self.h2.goaway(ErrorCode.NO_ERROR)
+                self.flush()
         for handler in list(self.streams.values()):
             handler.caller_abort(message)
+        if not self.streams:
+            self.close_transport()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lose()
@@ -286,7 +297,6 @@ class EngineListener:
             await asyncio.wait_for(self._all_gone.wait(), grace or 0)
         for conn in list(self.connections):
             conn.abort_streams(STOPPING)
-            conn.close_transport()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_gone.wait(), CLOSE_WAIT)
         for conn in list(self.connections):

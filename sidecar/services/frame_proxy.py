@@ -21,10 +21,16 @@ from sidecar.context import CallContext, build_context, require_identity
 from sidecar.engine.events import Headers
 from sidecar.engine.frames import ErrorCode
 from sidecar.engine.relay import error_block
-from sidecar.errors import SidecarError, UpstreamTimeoutError, UpstreamUnavailableError
+from sidecar.errors import (
+    LimitExceededError,
+    SidecarError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
 from sidecar.resilience.backoff import grpc_pushback
 from sidecar.resilience.policy import Attempt
 from sidecar.runtime import Runtime
+from sidecar.services.message_bound import MessageBound
 from sidecar.telemetry.hub import Telemetry
 from sidecar.upstreams.grpc import PUSHBACK_KEY, classify, upstream_metadata
 
@@ -71,6 +77,9 @@ class ProxiedCall:
 
     __slots__ = (
         "_aborted",
+        "_bound_in",
+        "_bound_out",
+        "_cancel_early",
         "_chunks",
         "_code",
         "_committed",
@@ -91,6 +100,7 @@ class ProxiedCall:
         "_response",
         "_retry_on",
         "_sid",
+        "_started",
         "_target",
         "_task",
         "_trace_at",
@@ -115,7 +125,11 @@ class ProxiedCall:
         self._committed = False
         self._headers_sent = False
         self._finished = False
-        self._aborted: str | None = None
+        self._aborted: SidecarError | None = None  # the daemon's answer instead of the call's
+        self._started = False
+        self._cancel_early = False  # cancelled before the task ran: it only logs
+        self._bound_in = MessageBound(_UNKNOWN_LIMIT)
+        self._bound_out = MessageBound(_UNKNOWN_LIMIT)
         self._up: UpstreamConnection | None = None
         self._up_sid = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -131,6 +145,7 @@ class ProxiedCall:
     # -- the call -------------------------------------------------------------------------
 
     async def _run(self, method: str) -> None:
+        self._started = True
         started = time.monotonic()
         proxy = self._proxy
         runtime = proxy.runtime()
@@ -144,6 +159,8 @@ class ProxiedCall:
         status = _OK
         try:
             try:
+                if self._cancel_early:
+                    raise asyncio.CancelledError
                 require_identity(ctx, router.listener.identity, listener)
                 target = router.route(method, ctx.target_hint)
                 upstream = runtime.grpc[target]
@@ -155,7 +172,10 @@ class ProxiedCall:
                         "yet (use engine: grpcio on this listener)")
                 pool = runtime.frame_pool(target)
                 self._retry_on = upstream.retry_on
-                self._limit = config.limits.max_message
+                self._limit = self._bound_in.limit = self._bound_out.limit = (
+                    config.limits.max_message)
+                if self._bound_in.size > self._limit:
+                    raise self._too_large("request", self._bound_in)
                 if self._kept > self._limit:
                     self._replayable = False
                 self._build_request(method, pool, transport, ctx, config)
@@ -174,8 +194,8 @@ class ProxiedCall:
                 self._send_status(status.value[0], str(e))
         except asyncio.CancelledError:
             if self._aborted is not None:
-                status = grpc.StatusCode.UNAVAILABLE
-                self._send_status(status.value[0], self._aborted)
+                status = self._aborted.grpc_status
+                self._send_status(status.value[0], str(self._aborted))
             else:
                 status = grpc.StatusCode.CANCELLED
         finally:
@@ -290,8 +310,11 @@ class ProxiedCall:
         if end_stream:
             self._req_ended = True
         up = self._up
-        if self._finished:
+        if self._finished or self._aborted is not None:
             self._conn.acknowledge(self._sid, length)
+        elif self._bound_in.over(data):
+            self._conn.acknowledge(self._sid, length)
+            self._stop(self._too_large("request", self._bound_in))
         elif up is not None:
             up.send_data(self._up_sid, data, end_stream, self._conn, self._sid, length)
             if self._replayable:
@@ -318,12 +341,28 @@ class ProxiedCall:
     def caller_reset(self) -> None:
         """The caller reset the stream (or its connection is gone): cancel upstream."""
         self._headers_sent = True  # nothing more may be sent on the caller's stream
-        self._task.cancel()
+        self._cancel()
 
     def caller_abort(self, message: str) -> None:
         """The listener's drain deadline passed: answer UNAVAILABLE, cancel upstream."""
-        self._aborted = message
-        self._task.cancel()
+        self._stop(_UpstreamStatus(grpc.StatusCode.UNAVAILABLE, message))
+
+    def _stop(self, answer: SidecarError) -> None:
+        """End the call with the daemon's own answer (the upstream stream is cancelled)."""
+        if self._aborted is None:
+            self._aborted = answer
+            self._cancel()
+
+    def _cancel(self) -> None:
+        if self._started:
+            self._task.cancel()
+        else:  # a task cancelled before it runs would never log its call
+            self._cancel_early = True
+
+    def _too_large(self, way: str, bound: MessageBound) -> LimitExceededError:
+        return LimitExceededError(
+            f"target {self._target.name!r}: {way} message of {bound.size} bytes is over the "
+            f"{bound.limit}-byte limit (limits.max_message)")
 
     # -- upstream side --------------------------------------------------------------------
 
@@ -334,6 +373,12 @@ class ProxiedCall:
             self._response = headers
 
     def up_data(self, data: memoryview | bytes, length: int, end_stream: bool) -> None:
+        if self._aborted is not None or self._bound_out.over(data):
+            up = self._up
+            if up is not None:
+                up.acknowledge(self._up_sid, length)
+            self._stop(self._too_large("response", self._bound_out))
+            return
         conn = self._conn
         if not self._committed:
             self._committed = True
@@ -352,6 +397,8 @@ class ProxiedCall:
 
     def up_trailers(self, headers: Headers) -> None:
         self._up = None
+        if self._aborted is not None:  # the daemon answers instead
+            return
         code = grpc.StatusCode.UNKNOWN
         for name, value in headers:
             if name == _STATUS:
