@@ -84,6 +84,7 @@ def test_sigterm_refuses_new_calls_while_draining(
         held = ch.unary_unary("/test.Echo/Hold").future(b"x", timeout=60)
         eventually(lambda: upstream.seen)
         d.signal(signal.SIGTERM)
+        d.wait_log('"stopping"')  # a call sent before the daemon saw the signal is served
 
         def refused() -> None:
             with grpc.insecure_channel(f"unix:{d.socket}") as fresh, \
