@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -34,6 +33,7 @@ _CORRELATION = re.compile(r"[\x20-\x7e]{1,128}")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 
@@ -106,13 +106,13 @@ def build_context(metadata: Iterable[tuple[str, str | bytes]], identity: Identit
             hint = value
     user = caller_user if identity.trust_caller and caller_user else identity.user_id
     if correlation is None or not _CORRELATION.fullmatch(correlation):
-        correlation = str(uuid.uuid4())
+        correlation = new_uuid4()
     trace_id, parent, flags = _continue_trace(traceparent)
     continued = parent is not None
     return CallContext(
         user_id=user,
         correlation_id=correlation,
-        request_id=str(uuid.uuid4()),
+        request_id=new_uuid4(),
         trace_id=trace_id,
         span_id=new_span_id(),
         trace_flags=flags,
@@ -131,6 +131,13 @@ def require_identity(ctx: CallContext, identity: Identity, listener: str) -> Non
         raise UnauthenticatedError(
             f"listener {listener!r} requires a user id (send x-user-id metadata)"
         )
+
+
+def new_uuid4() -> str:
+    """A random UUID4 in its canonical text form, at a third of `str(uuid.uuid4())`'s cost."""
+    h = os.urandom(16).hex()
+    # version nibble 4; variant bits 10 (the first hex digit of the 4th group is 8-b)
+    return (f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
 
 
 def new_span_id() -> str:
