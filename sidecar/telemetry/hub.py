@@ -20,6 +20,8 @@ from sidecar.telemetry.logging import CALL_FIELDS, AccessLog
 from sidecar.telemetry.metrics import Metrics
 from sidecar.telemetry.tracing import Tracer
 
+_MAX_CACHED_ATTRS = 4096  # target x kind x status: bounded by config, capped all the same
+
 
 class Telemetry:
     """Access log, metrics and traces for every call the daemon serves."""
@@ -30,6 +32,8 @@ class Telemetry:
         self.metrics = Metrics(policies, self.active)
         self.tracer = Tracer.from_config(config.telemetry.tracing)
         self.metrics_on = config.telemetry.metrics.enabled
+        # Attribute sets of calls without extra attributes, built once (never mutated after).
+        self._attrs: dict[tuple[str, str, grpc.StatusCode], dict[str, Any]] = {}
         self._durations = {
             "grpc": self.metrics.rpc_duration,
             "http": self.metrics.http_duration,
@@ -58,12 +62,16 @@ class Telemetry:
         duration = time.monotonic() - started
         self.active[listener] -= 1
         if self.metrics_on and target is not None and kind is not None:
-            attrs: dict[str, Any] = {"sidecar.target": target, **(attributes or {})}
-            if kind == "grpc":
-                attrs["rpc.system"] = "grpc"
-                attrs["rpc.grpc.status_code"] = status.value[0]
-            elif status is not grpc.StatusCode.OK:
-                attrs["error.type"] = status.name
+            attrs = self._attrs.get((target, kind, status)) if attributes is None else None
+            if attrs is None:
+                attrs = {"sidecar.target": target, **(attributes or {})}
+                if kind == "grpc":
+                    attrs["rpc.system"] = "grpc"
+                    attrs["rpc.grpc.status_code"] = status.value[0]
+                elif status is not grpc.StatusCode.OK:
+                    attrs["error.type"] = status.name
+                if attributes is None and len(self._attrs) < _MAX_CACHED_ATTRS:
+                    self._attrs[(target, kind, status)] = attrs
             self._durations[kind].record(duration, attrs)
         if ctx.trace is not None:
             ctx.trace.end(target, status.name, status is not grpc.StatusCode.OK)
