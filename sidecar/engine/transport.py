@@ -46,6 +46,11 @@ class H2Protocol(asyncio.Protocol):
         self._pending: dict[int, _Pending] = {}
         self._deferred_acks: list[tuple[H2Protocol, int, int]] = []
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The connection's event loop (kept, so the hot path never asks asyncio for it)."""
+        return self._loop
+
     # -- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:

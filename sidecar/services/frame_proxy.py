@@ -140,7 +140,7 @@ class ProxiedCall:
         self._error: SidecarError | None = None
         self._request: Headers = []
         self._trace_at = 0
-        self._task = asyncio.ensure_future(self._run(path.decode("latin-1")))
+        self._task = conn.loop.create_task(self._run(path.decode("latin-1")))
 
     # -- the call -------------------------------------------------------------------------
 
@@ -225,7 +225,7 @@ class ProxiedCall:
 
     async def _attempt(self, time_left: float, pool: UpstreamPool) -> Attempt:
         """One upstream try; its response streams to the caller from its first message."""
-        loop = asyncio.get_running_loop()
+        loop = self._conn.loop
         self._response = self._trailers = None
         self._error = None
         self._code = grpc.StatusCode.UNKNOWN
