@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _procs import BenchError, Child, cpu_seconds, host_busy_jiffies, running
+from _procs import BenchError, Child, cpu_seconds, host_busy_jiffies, rss_mb, running
 
 LOADGEN = Path(__file__).with_name("_loadgen.py")
 METHOD = "/bench.Echo/Unary"
@@ -35,6 +35,7 @@ class LoadSpec:
     warmup: float
     payload: int
     processes: int = 1
+    connections: int = 1  # h2load: CONCURRENCY streams spread over this many connections
 
 
 @dataclass(slots=True)
@@ -46,6 +47,7 @@ class LoadResult:
     latencies_us: list[int]
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per server process
     host_busy: float = 0.0  # fraction of all CPUs busy during the window
+    rss_mb: dict[str, float] = field(default_factory=dict)  # per server process, at the end
 
 
 class Meter:
@@ -64,6 +66,10 @@ class Meter:
         cpu = {name: cpu_seconds(pid) - self._cpu[name] for name, pid in self._pids.items()}
         busy, total = host_busy_jiffies()
         return cpu, (busy - self._host[0]) / max(1, total - self._host[1])
+
+    def rss_mb(self) -> dict[str, float]:
+        """Resident MB of each process now."""
+        return {name: rss_mb(pid) for name, pid in self._pids.items()}
 
 
 LoadRunner = Callable[[LoadSpec, Meter, Path], LoadResult]
@@ -140,6 +146,7 @@ def python_load(spec: LoadSpec, meter: Meter, log_dir: Path) -> LoadResult:
             watchdog.cancel()
     result = _merge([_parse(line) for line in lines])
     result.cpu, result.host_busy = usage
+    result.rss_mb = meter.rss_mb()
     return result
 
 
@@ -148,12 +155,15 @@ def write_grpc_message(path: Path, payload: int) -> None:
     path.write_bytes(b"\x00" + struct.pack(">I", payload) + b"x" * payload)
 
 
-def _h2load(spec: LoadSpec, message: Path, seconds: float, *extra: str) -> str:
+def h2load_run(spec: LoadSpec, message: Path, seconds: float, *extra: str,
+               method: str = METHOD) -> str:
+    """One h2load window (its stdout): CONCURRENCY streams over `spec.connections`."""
+    streams = -(-spec.concurrency // spec.connections)
     argv = [
-        "h2load", f"--base-uri=unix:{spec.socket}", "-t1", "-c1", f"-m{spec.concurrency}",
-        f"-D{round(seconds * 1000)}ms", f"--data={message}",
+        "h2load", f"--base-uri=unix:{spec.socket}", "-t1", f"-c{spec.connections}",
+        f"-m{streams}", f"-D{round(seconds * 1000)}ms", f"--data={message}",
         "-H", "content-type: application/grpc", "-H", "te: trailers", *extra,
-        f"http://localhost{METHOD}",
+        f"http://localhost{method}",
     ]
     try:
         done = subprocess.run(
@@ -166,7 +176,7 @@ def _h2load(spec: LoadSpec, message: Path, seconds: float, *extra: str) -> str:
     return done.stdout
 
 
-def _elapsed(h2load_stdout: str) -> float:
+def h2load_elapsed(h2load_stdout: str) -> float:
     found = re.search(r"finished in ([\d.]+)(us|ms|s),", h2load_stdout)
     if found is None:
         raise BenchError(f"cannot read h2load's duration from:\n{h2load_stdout}")
@@ -174,7 +184,7 @@ def _elapsed(h2load_stdout: str) -> float:
     return float(found.group(1)) * scale
 
 
-def _children_cpu() -> float:
+def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -182,21 +192,22 @@ def _children_cpu() -> float:
 def h2load_load(spec: LoadSpec, meter: Meter, log_dir: Path) -> LoadResult:
     message, log = log_dir / "message.bin", log_dir / "h2load.log"
     write_grpc_message(message, spec.payload)
-    _h2load(spec, message, spec.warmup)
+    h2load_run(spec, message, spec.warmup)
     log.unlink(missing_ok=True)  # h2load appends to an existing log
-    load_cpu = _children_cpu()
+    load_cpu = children_cpu()
     meter.start()
-    stdout = _h2load(spec, message, spec.seconds, f"--log-file={log}")
+    stdout = h2load_run(spec, message, spec.seconds, f"--log-file={log}")
     usage = meter.stop()
     rows = [line.split("\t") for line in log.read_text().splitlines()]
     result = LoadResult(
         calls=sum(1 for row in rows if row[1] == "200"),
         errors=sum(1 for row in rows if row[1] != "200"),
-        elapsed=_elapsed(stdout),
-        load_cpu=_children_cpu() - load_cpu,
+        elapsed=h2load_elapsed(stdout),
+        load_cpu=children_cpu() - load_cpu,
         latencies_us=[int(row[2]) for row in rows if row[1] == "200"],
     )
     result.cpu, result.host_busy = usage
+    result.rss_mb = meter.rss_mb()
     return result
 
 

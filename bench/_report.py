@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from _load import LoadResult
 
-PROXIES = ("haproxy", "daemon", "daemon-bare")  # paths whose process has the same name
+PROXIES = ("haproxy", "daemon", "daemon-bare", "daemon-frames")  # paths named as their process
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +27,7 @@ class Sample:
     load_cpu: float
     cpu: dict[str, float]
     host_busy: float
+    rss_mb: dict[str, float]
 
     @property
     def rps(self) -> float:
@@ -49,7 +50,7 @@ def sample_of(round_: int, path: str, concurrency: int, result: LoadResult) -> S
         round=round_, path=path, concurrency=concurrency, calls=result.calls,
         errors=result.errors, elapsed=result.elapsed, p50_us=_percentile(ordered, 0.5),
         p99_us=_percentile(ordered, 0.99), load_cpu=result.load_cpu, cpu=result.cpu,
-        host_busy=result.host_busy,
+        host_busy=result.host_busy, rss_mb=result.rss_mb,
     )
 
 
@@ -65,6 +66,7 @@ class Summary:
     p50_us: float
     p99_us: float
     proxy_cpu_ms_per_1k: float | None
+    proxy_rss_mb: float | None
     upstream_cpu_ms_per_1k: float
     load_cpu_pct: float
     host_busy_pct: float
@@ -75,16 +77,17 @@ def _median(samples: list[Sample], value: Callable[[Sample], float]) -> float:
 
 
 def summarize(path: str, concurrency: int, samples: list[Sample]) -> Summary:
-    proxy = None
+    proxy = rss = None
     if path in PROXIES:
         proxy = _median(samples, lambda s: s.cpu_ms_per_1k(path))
+        rss = max(s.rss_mb.get(path, 0.0) for s in samples)
     return Summary(
         path=path, concurrency=concurrency, rounds=len(samples),
         errors=sum(s.errors for s in samples),
         rps=_median(samples, lambda s: s.rps),
         p50_us=_median(samples, lambda s: s.p50_us),
         p99_us=_median(samples, lambda s: s.p99_us),
-        proxy_cpu_ms_per_1k=proxy,
+        proxy_cpu_ms_per_1k=proxy, proxy_rss_mb=rss,
         upstream_cpu_ms_per_1k=_median(samples, lambda s: s.cpu_ms_per_1k("upstream")),
         load_cpu_pct=_median(samples, lambda s: 100 * s.load_cpu / s.elapsed),
         host_busy_pct=_median(samples, lambda s: 100 * s.host_busy),
@@ -93,37 +96,34 @@ def summarize(path: str, concurrency: int, samples: list[Sample]) -> Summary:
 
 @dataclass(frozen=True, slots=True)
 class Comparison:
-    """The proxies against the direct path at one concurrency (None: path not run)."""
+    """One proxy against the direct path (and HAProxy) at one concurrency."""
 
     concurrency: int
-    haproxy_added_p50_us: float | None
-    daemon_added_p50_us: float | None
-    daemon_added_p50_x_haproxy: float | None
-    haproxy_rps_of_direct: float | None
-    daemon_rps_of_direct: float | None
-    haproxy_cpu_ms_per_1k: float | None
-    daemon_cpu_ms_per_1k: float | None
+    path: str
+    added_p50_us: float | None
+    added_p50_x_haproxy: float | None
+    rps_of_direct: float | None
+    cpu_ms_per_1k: float | None
+    rss_mb: float | None
 
 
-def _against(direct: Summary | None, row: Summary | None) -> tuple[float | None, float | None]:
-    """(added p50 in us, throughput as a fraction of direct) of one proxy row."""
-    if direct is None or row is None:
-        return None, None
-    return row.p50_us - direct.p50_us, row.rps / direct.rps
-
-
-def compare(concurrency: int, by_path: dict[str, Summary]) -> Comparison:
-    direct = by_path.get("direct")
-    h_added, h_share = _against(direct, by_path.get("haproxy"))
-    d_added, d_share = _against(direct, by_path.get("daemon"))
-    multiple = d_added / h_added if d_added is not None and h_added else None
-    cpu = {p: by_path[p].proxy_cpu_ms_per_1k if p in by_path else None for p in PROXIES}
-    return Comparison(
-        concurrency=concurrency, haproxy_added_p50_us=h_added, daemon_added_p50_us=d_added,
-        daemon_added_p50_x_haproxy=multiple, haproxy_rps_of_direct=h_share,
-        daemon_rps_of_direct=d_share, haproxy_cpu_ms_per_1k=cpu["haproxy"],
-        daemon_cpu_ms_per_1k=cpu["daemon"],
-    )
+def compare(concurrency: int, by_path: dict[str, Summary]) -> list[Comparison]:
+    """A row per proxy path that ran (None where direct or HAProxy did not)."""
+    direct, haproxy = by_path.get("direct"), by_path.get("haproxy")
+    h_added = haproxy.p50_us - direct.p50_us if haproxy and direct else None
+    rows = []
+    for path in PROXIES:
+        row = by_path.get(path)
+        if row is None:
+            continue
+        added = row.p50_us - direct.p50_us if direct else None
+        rows.append(Comparison(
+            concurrency=concurrency, path=path, added_p50_us=added,
+            added_p50_x_haproxy=added / h_added if added is not None and h_added else None,
+            rps_of_direct=row.rps / direct.rps if direct else None,
+            cpu_ms_per_1k=row.proxy_cpu_ms_per_1k, rss_mb=row.proxy_rss_mb,
+        ))
+    return rows
 
 
 def _cell(value: float | None, spec: str, suffix: str = "") -> str:
@@ -139,26 +139,23 @@ def _table(header: list[str], rows: Iterable[list[str]]) -> str:
 
 def summary_table(summaries: list[Summary]) -> str:
     header = ["conc", "path", "rps", "p50 us", "p99 us", "errors", "proxy CPU ms/1k",
-              "upstream CPU ms/1k", "load CPU %", "host busy %"]
+              "proxy RSS MB", "upstream CPU ms/1k", "load CPU %", "host busy %"]
     rows = (
         [_cell(s.concurrency, "d"), s.path, _cell(s.rps, ".0f"), _cell(s.p50_us, ".0f"),
          _cell(s.p99_us, ".0f"), _cell(s.errors, "d"), _cell(s.proxy_cpu_ms_per_1k, ".1f"),
-         _cell(s.upstream_cpu_ms_per_1k, ".1f"), _cell(s.load_cpu_pct, ".0f"),
-         _cell(s.host_busy_pct, ".0f")]
+         _cell(s.proxy_rss_mb, ".0f"), _cell(s.upstream_cpu_ms_per_1k, ".1f"),
+         _cell(s.load_cpu_pct, ".0f"), _cell(s.host_busy_pct, ".0f")]
         for s in summaries
     )
     return _table(header, rows)
 
 
 def comparison_table(comparisons: list[Comparison]) -> str:
-    header = ["conc", "haproxy +p50 us", "daemon +p50 us", "daemon/haproxy +p50",
-              "haproxy rps/direct", "daemon rps/direct", "haproxy CPU ms/1k",
-              "daemon CPU ms/1k"]
+    header = ["conc", "path", "+p50 us", "+p50 x haproxy", "rps/direct", "CPU ms/1k", "RSS MB"]
     rows = (
-        [_cell(c.concurrency, "d"), _cell(c.haproxy_added_p50_us, ".0f"),
-         _cell(c.daemon_added_p50_us, ".0f"), _cell(c.daemon_added_p50_x_haproxy, ".1f", "x"),
-         _cell(c.haproxy_rps_of_direct, ".2f"), _cell(c.daemon_rps_of_direct, ".2f"),
-         _cell(c.haproxy_cpu_ms_per_1k, ".1f"), _cell(c.daemon_cpu_ms_per_1k, ".1f")]
+        [_cell(c.concurrency, "d"), c.path, _cell(c.added_p50_us, ".0f"),
+         _cell(c.added_p50_x_haproxy, ".1f", "x"), _cell(c.rps_of_direct, ".2f"),
+         _cell(c.cpu_ms_per_1k, ".1f"), _cell(c.rss_mb, ".0f")]
         for c in comparisons
     )
     return _table(header, rows)

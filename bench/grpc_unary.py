@@ -157,11 +157,12 @@ PROXY_STARTERS = {"haproxy": _start_haproxy, "daemon": _start_daemon,
                   "daemon-bare": _start_bare_daemon, "daemon-frames": _start_frames_daemon}
 
 
-def start_servers(opts: Options, work: Path, stack: ExitStack) -> tuple[dict[str, str], Meter]:
+def start_servers(paths: tuple[str, ...], work: Path,
+                  stack: ExitStack) -> tuple[dict[str, str], Meter]:
     """Start the upstream and the proxies asked for: each path's socket, and a CPU meter."""
     upstream, child = _start_upstream(work, stack)
     sockets, pids = {"direct": upstream}, {"upstream": child.pid}
-    for path in opts.paths:
+    for path in paths:
         if path in PROXY_STARTERS:
             sockets[path], proxy = PROXY_STARTERS[path](work, upstream, stack)
             pids[path] = proxy.pid
@@ -191,7 +192,8 @@ def report(opts: Options, samples: list[Sample]) -> dict[str, object]:
         for c in opts.concurrency for path in opts.paths
     ]
     comparisons = [
-        compare(c, {s.path: s for s in summaries if s.concurrency == c}) for c in opts.concurrency
+        row for c in opts.concurrency
+        for row in compare(c, {s.path: s for s in summaries if s.concurrency == c})
     ]
     load = "h2load, 1 connection" if opts.load == "h2load" else f"python x{opts.load_procs}"
     print(f"\nunary {METHOD}, {opts.payload} B, over UDS; load: {load}; {opts.rounds} rounds"
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     def body(work: Path) -> dict[str, object]:
         _preflight(opts)
         with ExitStack() as stack:
-            sockets, meter = start_servers(opts, work, stack)
+            sockets, meter = start_servers(opts.paths, work, stack)
             samples = run_rounds(opts, sockets, meter, work)
         return report(opts, samples)
 
