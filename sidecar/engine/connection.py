@@ -105,12 +105,17 @@ class H2Connection(Inbound):
 
     def data_to_send(self) -> bytes:
         """Everything queued so far, in order; the queue is emptied."""
+        return b"".join(self.take_output())
+
+    def take_output(self) -> list[bytes | bytearray | memoryview]:
+        """What data_to_send() would join, as its pieces (DATA payloads are views of the
+        caller's buffers): for a vectored write without the copy; the queue is emptied."""
         out = self._out
         self._control_pending = 0
         if not out:
-            return b""
+            return out
         self._out = []
-        return b"".join(out)
+        return out
 
     @property
     def pending_control_frames(self) -> int:

@@ -21,6 +21,7 @@ from sidecar.engine.frames import ErrorCode
 
 WRITE_HIGH_WATER = 1024 * 1024  # transport bytes buffered before pause_writing
 WRITE_LOW_WATER = 256 * 1024
+VECTORED_WRITE = 64 * 1024  # queued bytes from which a flush is a writelines, not a join
 
 
 class _Pending:
@@ -88,9 +89,7 @@ class H2Protocol(asyncio.Protocol):
         transport = self.transport
         if self.paused or transport is None or transport.is_closing():
             return
-        out = self.h2.data_to_send()
-        if out:
-            transport.write(out)
+        write_out(transport, self.h2.take_output())
 
     def flush_soon(self) -> None:
         """Flush at the next loop turn: output caused by another connection's batch."""
@@ -207,9 +206,7 @@ class H2Protocol(asyncio.Protocol):
         if abort or self.paused:
             transport.abort()
             return
-        out = self.h2.data_to_send()
-        if out:
-            transport.write(out)
+        write_out(transport, self.h2.take_output())
         transport.close()
 
     def release_acks(self) -> None:
@@ -220,6 +217,19 @@ class H2Protocol(asyncio.Protocol):
             conn.acknowledge(stream_id, length)
         for stream_id in list(self._pending):
             self.drop_pending(stream_id)
+
+
+def write_out(transport: Any, parts: list[bytes | bytearray | memoryview]) -> None:
+    """One write of a connection's queued frames: joined while small (one buffer is the
+    cheapest syscall), as a vectored write once large, so DATA payloads are not copied."""
+    if not parts:
+        return
+    if len(parts) == 1:
+        transport.write(parts[0])
+    elif sum(map(len, parts)) < VECTORED_WRITE:
+        transport.write(b"".join(parts))
+    else:
+        transport.writelines(parts)
 
 
 def describe_exc(exc: Any) -> str:

@@ -252,6 +252,19 @@ def test_data_to_send_empties_the_queue() -> None:
     assert conn.data_to_send() == b""
 
 
+def test_take_output_hands_over_the_queued_pieces_with_data_uncopied() -> None:
+    conn = client()
+    stream_id = open_call(conn, end=False)
+    conn.data_to_send()
+    payload = memoryview(b"x" * 1000)
+    conn.send_data(stream_id, payload, end_stream=True)
+    parts = conn.take_output()
+    assert any(part is payload for part in parts)
+    assert b"".join(parts)[-1000:] == b"x" * 1000
+    assert conn.take_output() == []
+    assert conn.data_to_send() == b""
+
+
 def test_send_data_accepts_memoryview_and_bytearray() -> None:
     conn = client()
     stream_id = open_call(conn, end=False)
