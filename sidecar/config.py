@@ -171,6 +171,19 @@ class GrpcPool:
     connections: int = 1
     # gRPC servers refuse pings more often than every 5 minutes by default.
     keepalive: float = 300.0
+    keepalive_timeout: float = 20.0  # frames: an unanswered PING closes the connection
+    dns_ttl: float = 300.0  # frames: a dns name is resolved again after this
+    # frames: wait between connects to an endpoint after failures (exponential, jitter)
+    reconnect: Backoff = field(default_factory=lambda: Backoff(0.1, 5.0))
+
+
+@dataclass(frozen=True, slots=True)
+class Outlier:
+    """frames: eject an endpoint for a while after consecutive connect failures (0: never)."""
+
+    consecutive_failures: int = 5
+    ejection: float = 30.0  # times the ejections in a row
+    max_ejection: float = 300.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,6 +192,7 @@ class GrpcTarget(Target):
     tls: Tls | None = None
     forward_authorization: bool = False
     pool: GrpcPool = field(default_factory=GrpcPool)
+    outlier: Outlier = field(default_factory=Outlier)
 
     kind = "grpc"
 

@@ -33,6 +33,7 @@ from sidecar.config import (
     Log,
     MetadataNames,
     MetricsConfig,
+    Outlier,
     Producer,
     Reload,
     Retry,
@@ -52,7 +53,7 @@ POLICY_KEYS = ("timeout", "retry", "breaker", "limits")
 ENGINES = ("grpcio", "frames")  # listeners[].engine
 COMMON_TARGET_KEYS = ("kind", "required", "metadata", *POLICY_KEYS)
 KIND_KEYS = {
-    "grpc": ("address", "tls", "forward_authorization", "pool"),
+    "grpc": ("address", "tls", "forward_authorization", "pool", "outlier"),
     "http": (
         "base_url", "unix_socket", "headers", "pool", "tls", "forward_authorization", "health",
         "max_body",
@@ -232,14 +233,30 @@ def _grpc_target(s: Section, name: str, policy: dict[str, Any]) -> GrpcTarget:
             f"{s.key_path('tls')}.insecure_skip_verify",
             "not supported for grpc targets (grpcio always verifies); set tls.ca_file",
         )
-    p = s.section("pool", ("connections", "keepalive"))
+    p = s.section("pool", ("connections", "keepalive", "keepalive_timeout", "dns_ttl",
+                           "reconnect"))
     base = GrpcPool()
+    r = p.section("reconnect", ("base", "max"))
+    reconnect = Backoff(r.duration("base", base.reconnect.base),
+                        r.duration("max", base.reconnect.max))
+    if reconnect.max < reconnect.base:
+        r.fail("max", "must be >= reconnect.base")
     pool = GrpcPool(
         p.integer("connections", base.connections, minimum=1),
         p.duration("keepalive", base.keepalive),
+        p.duration("keepalive_timeout", base.keepalive_timeout),
+        p.duration("dns_ttl", base.dns_ttl),
+        reconnect,
+    )
+    o = s.section("outlier", ("consecutive_failures", "ejection", "max_ejection"))
+    default = Outlier()
+    outlier = Outlier(
+        o.integer("consecutive_failures", default.consecutive_failures, minimum=0),
+        o.duration("ejection", default.ejection),
+        o.duration("max_ejection", default.max_ejection),
     )
     return GrpcTarget(
-        name=name, address=address, tls=tls, pool=pool,
+        name=name, address=address, tls=tls, pool=pool, outlier=outlier,
         forward_authorization=s.boolean("forward_authorization", False), **policy,
     )
 

@@ -40,8 +40,9 @@ class Runtime:
     ) -> None:
         self.config = config
         redact = Redactor(config.secrets)
+        engines = frozenset(ls.engine for ls in config.listeners)
         self.upstreams: dict[str, Upstream] = {
-            name: build_upstream(t, redact) for name, t in config.targets.items()
+            name: build_upstream(t, redact, engines) for name, t in config.targets.items()
         }
         self.grpc: dict[str, GrpcUpstream] = {
             n: u for n, u in self.upstreams.items() if isinstance(u, GrpcUpstream)
@@ -54,8 +55,6 @@ class Runtime:
             for name, t in config.targets.items()
         }
         self.routers = {ls.name: Router(ls, config.targets) for ls in config.listeners}
-        # `engine: frames` connections per grpc target, opened on first use.
-        self.frame_pools: dict[str, UpstreamPool] = {}
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -79,14 +78,13 @@ class Runtime:
         return upstream
 
     def frame_pool(self, name: str) -> UpstreamPool:
-        """The frame engine's connections to grpc target `name`, created on first use."""
-        pool = self.frame_pools.get(name)
-        if pool is None:
-            from sidecar.engine.pool import UpstreamPool  # only listeners on that engine
+        """The frame engine's connections to grpc target `name` (owned by its upstream)."""
+        upstream = self.grpc[name]
+        pool = upstream.frames
+        if pool is None:  # an upstream built without a frames listener (tests, tools)
+            from sidecar.upstreams.grpc import frame_pool
 
-            target = self.grpc[name].target
-            pool = self.frame_pools[name] = UpstreamPool(
-                name, target.address, target.pool.connections)
+            pool = upstream.frames = frame_pool(upstream.target)
         return pool
 
     def enter(self) -> None:
@@ -110,8 +108,6 @@ class Runtime:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
         await asyncio.gather(*(u.close(flush) for u in self.upstreams.values()))
-        for pool in self.frame_pools.values():
-            await pool.close()
 
     def target_status(self) -> dict[str, dict[str, Any]]:
         """Per target: kind, health, breaker, budget, in-flight, counters."""

@@ -166,10 +166,6 @@ class ProxiedCall:
                 upstream = runtime.grpc[target]
                 config = self._target = upstream.target
                 policy = runtime.policies[target]
-                if config.tls is not None:
-                    raise UpstreamUnavailableError(
-                        f"target {target!r}: TLS targets are not reached by engine: frames "
-                        "yet (use engine: grpcio on this listener)")
                 pool = runtime.frame_pool(target)
                 self._retry_on = upstream.retry_on
                 self._limit = self._bound_in.limit = self._bound_out.limit = (
@@ -236,7 +232,7 @@ class ProxiedCall:
         conn = pool.ready()
         try:
             if conn is None:
-                conn = await asyncio.wait_for(pool.connection(), time_left)
+                conn = await asyncio.wait_for(pool.connection(time_left), time_left)
         except TimeoutError:
             self._timed_out()
         except UpstreamUnavailableError as e:

@@ -1,7 +1,10 @@
-"""Upstream gRPC targets: a small pool of grpc.aio channels per target.
+"""Upstream gRPC targets: the frame engine's pool per target, and grpc.aio channels while a
+listener still runs `engine: grpcio`.
 
-Calls are opened raw (bytes in, bytes out) so the proxy never parses a
-message. A failed call is translated here: a transport failure becomes our
+With a frames listener, the target's `UpstreamPool` (sidecar/engine/pool.py) is created by
+`start()`, closed by `close()`, and is what `health()`, `stats()` and the "target
+unreachable" warning read. Channel calls are opened raw (bytes in, bytes out) so the
+proxy never parses a message. A failed call is translated here: a transport failure becomes our
 `UpstreamUnavailableError` naming the target; an upstream's own status is
 passed back untouched.
 """
@@ -12,7 +15,8 @@ import asyncio
 import contextlib
 import logging
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -27,7 +31,11 @@ from sidecar.errors import (
 from sidecar.resilience.policy import Attempt
 from sidecar.telemetry.redaction import NO_SECRETS, Redactor
 
+if TYPE_CHECKING:
+    from sidecar.engine.pool import UpstreamPool
+
 log = logging.getLogger("sidecar.grpc")
+ENGINES = frozenset({"grpcio"})  # which listener engines reach the target, by default
 
 _CACHE_LIMIT = 4096  # methods whose callables are kept per channel
 # How grpc-core words failures that never reached the upstream application.
@@ -61,8 +69,11 @@ class GrpcUpstream:
 
     kind = "grpc"
 
-    def __init__(self, target: GrpcTarget, redact: Redactor = NO_SECRETS) -> None:
+    def __init__(self, target: GrpcTarget, redact: Redactor = NO_SECRETS,
+                 engines: frozenset[str] = ENGINES) -> None:
         self.target = target
+        self.engines = engines
+        self.frames: UpstreamPool | None = None  # the frame engine's pool, from start()
         self.retry_on = frozenset(
             grpc.StatusCode[c] for c in target.retry.on if isinstance(c, str)
         )
@@ -74,7 +85,18 @@ class GrpcUpstream:
         self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Create the channels and start connecting them, watching for unreachability."""
+        """Create the frame pool and/or the channels and start connecting, watching for
+        unreachability (the pool's connects decide when it is there)."""
+        if "frames" in self.engines:
+            self.frames = frame_pool(self.target, self._frames_health)
+            self.frames.warm()
+        if "grpcio" in self.engines:
+            self._open_channels()
+            self._watcher = asyncio.create_task(self._watch())
+
+    def _open_channels(self) -> None:
+        """The grpc.aio channels (without a grpcio listener, on the first channel call:
+        the internal server of a frames listener still forwards a few methods)."""
         options = _channel_options(self.target)
         credentials = _credentials(self.target)
         for _ in range(self.target.pool.connections):
@@ -84,7 +106,6 @@ class GrpcUpstream:
                 channel = grpc.aio.secure_channel(self.target.address, credentials, options)
             self._channels.append(channel)
             self._callables.append({})
-        self._watcher = asyncio.create_task(self._watch())
 
     async def close(self, timeout: float) -> None:
         if self._watcher is not None:
@@ -96,11 +117,15 @@ class GrpcUpstream:
             await channel.close(grace=timeout)
         self._channels.clear()
         self._callables.clear()
+        if self.frames is not None:
+            await self.frames.close()
 
     def open(
         self, method: str, metadata: list[tuple[str, str | bytes]], timeout: float
     ) -> grpc.aio.StreamStreamCall:
         """Start a raw call on the next channel of the pool."""
+        if not self._channels:
+            self._open_channels()
         i = self._next = (self._next + 1) % len(self._channels)
         callables = self._callables[i]
         callable_ = callables.get(method)
@@ -113,13 +138,32 @@ class GrpcUpstream:
     def health(self) -> bool:
         """False while every channel is failing to connect. Asking also connects an idle
         channel, so health is known (and connections warm) before the first call."""
+        pool = self.frames
+        if pool is not None:
+            pool.warm()
+            return pool.healthy()
         failing = grpc.ChannelConnectivity.TRANSIENT_FAILURE
         return any(c.get_state(try_to_connect=True) != failing for c in self._channels)
 
     def stats(self) -> dict[str, Any]:
         states = [c.get_state(try_to_connect=False).name.lower() for c in self._channels]
-        return {"kind": self.kind, "address": self._redact(self.target.address),
-                "connections": states}
+        out: dict[str, Any] = {"kind": self.kind, "address": self._redact(self.target.address),
+                               "connections": states}
+        if self.frames is not None:
+            frames = self.frames.stats()
+            for endpoint in frames["endpoints"]:
+                endpoint["address"] = self._redact(endpoint["address"])
+            out["frames"] = frames
+        return out
+
+    def _frames_health(self, healthy: bool, reason: str | None) -> None:
+        """The frame pool's reachability changed: one line each way, as the channels say."""
+        name = self.target.name
+        if healthy:
+            log.info("target reachable", extra={"fields": {"target": name}})
+        else:
+            log.warning("target unreachable", extra={"fields": {
+                "target": name, "reason": reason or "connection failed"}})
 
     async def _watch(self) -> None:
         """One warning, with grpc-core's reason, when every channel fails to connect
@@ -237,6 +281,30 @@ def _credentials(target: GrpcTarget) -> grpc.ChannelCredentials | None:
         private_key=_read(tls.key_file),
         certificate_chain=_read(tls.cert_file),
     )
+
+
+def frame_pool(target: GrpcTarget,
+               on_health: Callable[[bool, str | None], None] | None = None) -> UpstreamPool:
+    """The frame engine's pool for `target`, its keys turned into pool options once."""
+    from sidecar.engine.endpoints import EndpointPolicy
+    from sidecar.engine.pool import PoolOptions, UpstreamPool
+    from sidecar.engine.tls import client_context
+
+    tls = target.tls
+    pool, outlier = target.pool, target.outlier
+    options = PoolOptions(
+        keepalive=pool.keepalive,
+        keepalive_timeout=pool.keepalive_timeout,
+        dns_ttl=pool.dns_ttl,
+        policy=EndpointPolicy(
+            reconnect_base=pool.reconnect.base, reconnect_max=pool.reconnect.max,
+            eject_after=outlier.consecutive_failures, ejection=outlier.ejection,
+            max_ejection=outlier.max_ejection),
+        ssl=None if tls is None else client_context(tls),
+        server_name=None if tls is None else tls.server_name,
+    )
+    return UpstreamPool(target.name, target.address, pool.connections, options=options,
+                        on_health=on_health)
 
 
 def _read(path: str | None) -> bytes | None:
