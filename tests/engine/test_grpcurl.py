@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import ROOT, Daemon, Upstream, basic_config
 from tests.engine.daemon_logs import access_log, json_log
+from tests.waiting import eventually
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which(
     "grpcurl")
@@ -72,5 +73,6 @@ def test_grpcurl_makes_a_proxied_unary_call_with_a_proto_file(frames: Daemon,
     assert json.loads(result.stdout) == {"text": "from go"}
     assert [s.method for s in upstream.seen] == ["Unary"]
     assert upstream.seen[0].metadata["correlation-id"] == "go-call-1"
-    assert [(r["method"], r["status"]) for r in access_log(frames)
-            if r["correlation_id"] == "go-call-1"] == [("/test.Echo/Unary", "OK")]
+    # The access line is written once the answer is out: wait for it, do not race it.
+    eventually(lambda: [(r["method"], r["status"]) for r in access_log(frames)
+                        if r["correlation_id"] == "go-call-1"] == [("/test.Echo/Unary", "OK")])
