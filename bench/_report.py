@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from _load import LoadResult
 
-PROXIES = ("haproxy", "daemon", "daemon-bare", "daemon-frames")  # paths named as their process
+PROXIES = ("haproxy", "daemon", "daemon-bare")  # paths named as their process
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ from _report import PROXIES, _cell, _table
 from grpc_unary import PATHS, start_servers
 
 STREAM_METHOD = "/bench.Echo/Stream"
-DEFAULT_PATHS = ("direct", "haproxy", "daemon", "daemon-frames")
+DEFAULT_PATHS = ("direct", "haproxy", "daemon")
 MIB = 1024 * 1024
 
 
@@ -90,7 +90,7 @@ def _names(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
 def parse_args(argv: list[str] | None) -> Options:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--paths", type=_names(PATHS), default=DEFAULT_PATHS,
-                   help="default: direct,haproxy,daemon,daemon-frames")
+                   help="default: direct,haproxy,daemon")
     p.add_argument("--scenarios", type=_names(("stream", "fanout")),
                    default=("stream", "fanout"))
     add_window_options(p)

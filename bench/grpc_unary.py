@@ -25,7 +25,7 @@ from _load import LOADS, METHOD, LoadSpec, Meter
 from _procs import BenchError, Child, running, wait_ready
 from _report import Sample, compare, comparison_table, sample_of, summarize, summary_table
 
-PATHS = ("direct", "haproxy", "daemon", "daemon-bare", "daemon-frames")
+PATHS = ("direct", "haproxy", "daemon", "daemon-bare")
 DEFAULT_PATHS = ("direct", "haproxy", "daemon")
 UPSTREAM = Path(__file__).with_name("_upstream.py")
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +54,6 @@ listeners:
     socket: {listen}
     mode: "0660"
     default_target: up
-    engine: {engine}
 admin: {{address: null}}
 log: {{level: warning}}
 telemetry: {{metrics: {{enabled: {metrics}}}}}
@@ -133,10 +132,10 @@ def _start_haproxy(work: Path, upstream: str, stack: ExitStack) -> tuple[str, Ch
 
 
 def _start_daemon(work: Path, upstream: str, stack: ExitStack, *, name: str = "daemon",
-                  metrics: bool = True, engine: str = "grpcio") -> tuple[str, Child]:
+                  metrics: bool = True) -> tuple[str, Child]:
     socket, config = str(work / f"{name}.sock"), work / f"{name}.yaml"
     config.write_text(DAEMON_CONFIG.format(listen=socket, upstream=upstream,
-                                           metrics=str(metrics).lower(), engine=engine))
+                                           metrics=str(metrics).lower()))
     argv = [sys.executable, "-m", "sidecar", "run", "--config", str(config)]
     child = stack.enter_context(running(name, argv, work, cwd=REPO))
     wait_ready(child, lambda: _serving(socket) and _echoes(socket), READY_TIMEOUT)
@@ -148,13 +147,8 @@ def _start_bare_daemon(work: Path, upstream: str, stack: ExitStack) -> tuple[str
     return _start_daemon(work, upstream, stack, name="daemon-bare", metrics=False)
 
 
-def _start_frames_daemon(work: Path, upstream: str, stack: ExitStack) -> tuple[str, Child]:
-    """The daemon with its listener on the frame engine (`engine: frames`)."""
-    return _start_daemon(work, upstream, stack, name="daemon-frames", engine="frames")
-
-
 PROXY_STARTERS = {"haproxy": _start_haproxy, "daemon": _start_daemon,
-                  "daemon-bare": _start_bare_daemon, "daemon-frames": _start_frames_daemon}
+                  "daemon-bare": _start_bare_daemon}
 
 
 def start_servers(paths: tuple[str, ...], work: Path,

@@ -41,9 +41,9 @@ class Listener:
     identity: Identity = field(default_factory=Identity)
     default_target: str | None = None
     routes: tuple[Route, ...] = ()
-    engine: str = "grpcio"  # `frames`: the daemon's own HTTP/2 engine (sidecar/engine/)
-    idle_timeout: float = 300.0  # frames: seconds a connection may stay without streams
-    max_connections: int = 1000  # frames: caller connections per listener; more are closed
+    engine: str = "frames"  # the daemon's own HTTP/2 engine (sidecar/engine/), the only one
+    idle_timeout: float = 300.0  # seconds a caller connection may stay without streams
+    max_connections: int = 1000  # caller connections per listener; more are closed
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,13 +44,14 @@ from sidecar.config import (
     Tracing,
 )
 from sidecar.config_values import Problems, Section, glob_pattern, substitute_env
+from sidecar.engine.dns import parse_address
 from sidecar.errors import ConfigError
 
 TOP_KEYS = (
     "listeners", "admin", "drain_timeout", "reload", "log", "telemetry", "defaults", "targets",
 )
 POLICY_KEYS = ("timeout", "retry", "breaker", "limits")
-ENGINES = ("grpcio", "frames")  # listeners[].engine
+ENGINES = ("frames",)  # listeners[].engine
 COMMON_TARGET_KEYS = ("kind", "required", "metadata", *POLICY_KEYS)
 KIND_KEYS = {
     "grpc": ("address", "tls", "forward_authorization", "pool", "outlier"),
@@ -227,6 +228,11 @@ def _grpc_target(s: Section, name: str, policy: dict[str, Any]) -> GrpcTarget:
     address = s.required_string("address")
     if address and not _GRPC_ADDRESS.match(address):
         s.fail("address", "must be unix:///path, dns:///host:port or host:port")
+    elif address:
+        try:  # as the engine's pool will read it
+            parse_address(address)
+        except ValueError as e:
+            s.fail("address", str(e))
     tls = _tls(s)
     if tls is not None and tls.insecure_skip_verify:
         s.problems.add(
@@ -411,10 +417,13 @@ def _listener(s: Section, targets: Mapping[str, Target]) -> Listener:
             _check_grpc_target(r, "target", target, targets)
         routes.append(Route(service, target, glob_pattern(service)))
     base = Listener(name, socket)
+    if s.raw.get("engine") == "grpcio":
+        s.fail("engine", "grpcio is no longer available: every listener runs the daemon's own "
+                         "HTTP/2 engine (frames); remove the key")
     return Listener(
         name=name, socket=socket, mode=_mode(s), identity=identity,
         default_target=default_target, routes=tuple(routes),
-        engine=s.string("engine", base.engine, choices=ENGINES),
+        engine=s.string("engine", base.engine, choices=(*ENGINES, "grpcio")),
         idle_timeout=s.duration("idle_timeout", base.idle_timeout),
         max_connections=s.integer("max_connections", base.max_connections, minimum=1),
     )

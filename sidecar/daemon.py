@@ -20,8 +20,8 @@ from sidecar import __version__
 from sidecar.config import Config, Listener
 from sidecar.config_loader import load_config
 from sidecar.config_watch import ConfigWatcher
+from sidecar.engine.server import EngineListener
 from sidecar.errors import ConfigError, SidecarError
-from sidecar.listeners import ListenerServer
 from sidecar.runtime import Runtime
 from sidecar.services.health import HealthReporter
 from sidecar.systemd import Notifier
@@ -44,7 +44,7 @@ class Daemon:
         self.telemetry = Telemetry(config, lambda: self.runtime.policies)
         self.health = HealthReporter(lambda: self.runtime.target_health())
         self.notifier = Notifier()
-        self.listeners: dict[str, ListenerServer] = {}
+        self.listeners: dict[str, EngineListener] = {}
         self.admin: AdminServer | None = None
         self.watcher: ConfigWatcher | None = None
         self.started = time.time()
@@ -195,14 +195,8 @@ class Daemon:
             "targets": self.runtime.target_status(),
         }
 
-    async def _start_listener(self, listener: Listener, index: int) -> ListenerServer:
-        kind: type[Any] = ListenerServer
-        if listener.engine == "frames":
-            from sidecar.engine.server import EngineListener  # opt-in: loaded when used
-
-            kind = EngineListener
-        # Both have ListenerServer's shape (listener, start, update, stop).
-        server: ListenerServer = kind(
+    async def _start_listener(self, listener: Listener, index: int) -> EngineListener:
+        server = EngineListener(
             listener, f"listeners[{index}]", self.config.max_message, lambda: self.runtime,
             self.health, self.telemetry,
         )
@@ -216,7 +210,7 @@ class Daemon:
     async def _swap_listeners(self, wanted: tuple[Listener, ...]) -> None:
         """Keep servers whose socket stays, start new sockets, stop the sockets that went."""
         by_socket = {s.listener.socket: s for s in self.listeners.values()}
-        started: dict[str, ListenerServer] = {}
+        started: dict[str, EngineListener] = {}
         try:
             for i, listener in enumerate(wanted):
                 if listener.socket not in by_socket:

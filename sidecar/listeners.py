@@ -1,4 +1,5 @@
-"""Unix-socket gRPC listeners: socket files, modes, and what each serves."""
+"""Unix-socket listeners: socket files and modes, and the internal grpc.aio server that
+answers the daemon's own services behind each engine listener (sidecar/engine/server.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from sidecar.errors import ListenerError
 from sidecar.runtime import Runtime
 from sidecar.services.health import HealthReporter
 from sidecar.services.http_proxy import HttpProxyService
-from sidecar.services.proxy import TransparentProxy
 from sidecar.services.publisher import PublisherService
 from sidecar.telemetry.hub import Telemetry
 
@@ -83,7 +83,8 @@ def _umask_for(mode: int) -> Iterator[None]:
 
 
 class ListenerServer:
-    """One grpc.aio server on one Unix socket."""
+    """One grpc.aio server on one Unix socket: health, reflection and `sidecar.v1.*` (any
+    other method is UNIMPLEMENTED; the engine listener proxies those itself)."""
 
     def __init__(
         self,
@@ -110,8 +111,6 @@ class ListenerServer:
         sidecar_pb2_grpc.add_PublisherServicer_to_server(self.publisher, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(health.servicer, self.server)
         reflection.enable_server_reflection(_SERVICE_NAMES, self.server)
-        self.proxy = TransparentProxy(listener.name, runtime, telemetry)
-        self.server.add_generic_rpc_handlers((self.proxy,))
 
     async def start(self) -> None:
         path = self.listener.socket
@@ -134,7 +133,7 @@ class ListenerServer:
             os.chmod(listener.socket, listener.mode)
         self.listener = listener
         self.key = key
-        for service in (self.proxy, self.http, self.publisher):
+        for service in (self.http, self.publisher):
             service.listener = listener.name
 
     async def stop(self, grace: float | None) -> None:

@@ -40,9 +40,8 @@ class Runtime:
     ) -> None:
         self.config = config
         redact = Redactor(config.secrets)
-        engines = frozenset(ls.engine for ls in config.listeners)
         self.upstreams: dict[str, Upstream] = {
-            name: build_upstream(t, redact, engines) for name, t in config.targets.items()
+            name: build_upstream(t, redact) for name, t in config.targets.items()
         }
         self.grpc: dict[str, GrpcUpstream] = {
             n: u for n, u in self.upstreams.items() if isinstance(u, GrpcUpstream)
@@ -79,13 +78,7 @@ class Runtime:
 
     def frame_pool(self, name: str) -> UpstreamPool:
         """The frame engine's connections to grpc target `name` (owned by its upstream)."""
-        upstream = self.grpc[name]
-        pool = upstream.frames
-        if pool is None:  # an upstream built without a frames listener (tests, tools)
-            from sidecar.upstreams.grpc import frame_pool
-
-            pool = upstream.frames = frame_pool(upstream.target)
-        return pool
+        return self.grpc[name].pool()
 
     def enter(self) -> None:
         self.in_flight += 1

@@ -669,7 +669,8 @@ def test_targets_that_are_not_a_mapping_are_refused() -> None:
 @pytest.mark.parametrize(
     "address",
     ["dns:///backtest:50051", "unix:///run/backtest.sock", "backtest:50051",
-     "10.0.0.1:50051", "[::1]:50051", "ipv4:10.0.0.1:50051"],
+     "10.0.0.1:50051", "[::1]:50051", "ipv4:10.0.0.1:50051", "ipv4:10.0.0.1,10.0.0.2:81",
+     "ipv6:[::1]:50051,::2", "unix-abstract:backtest"],
 )
 def test_grpc_target_address_forms_are_accepted(address: str) -> None:
     config = parse_config(base_config(targets={"up": {"kind": "grpc", "address": address}}),
@@ -684,6 +685,20 @@ def test_grpc_target_address_forms_are_accepted(address: str) -> None:
 def test_invalid_grpc_target_address_is_refused(address: str) -> None:
     problems = problems_of(base_config(targets={"up": {"kind": "grpc", "address": address}}))
     assert problems == ["targets.up.address: must be unix:///path, dns:///host:port or host:port"]
+
+
+@pytest.mark.parametrize("address", ["ipv4:backtest:50051", "ipv4:10.0.0.1:port",
+                                     "ipv6:[::1]:x"])
+def test_malformed_ipv4_or_ipv6_endpoint_list_is_refused_naming_the_endpoint(
+    address: str
+) -> None:
+    problems = problems_of(base_config(targets={"up": {"kind": "grpc", "address": address}}))
+    assert_one_problem(problems, "targets.up.address", f"address {address!r}", "is not an ipv")
+
+
+def test_engine_grpcio_is_refused_saying_what_to_do() -> None:
+    assert_one_problem(problems_of(with_listener(engine="grpcio")), "listeners[0].engine",
+                       "no longer available", "remove the key")
 
 
 def test_grpc_target_without_address_is_refused() -> None:

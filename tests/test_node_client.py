@@ -12,13 +12,12 @@ import base64
 import json
 import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Daemon, Upstream, basic_config
+from tests.conftest import ROOT, Daemon, Upstream
 
 CLIENT_DIR = ROOT / "tests" / "node_client"
 NPM_CI_TIMEOUT = 90  # under pytest-timeout's 120 s, which covers fixture setup
@@ -63,13 +62,6 @@ def run_client(client: Path, socket: str) -> dict[str, Any]:
     failed = {name: r["error"] for name, r in results.items() if "error" in r}
     assert not failed, f"checks that could not run: {failed}"
     return results
-
-
-@pytest.fixture(params=["grpcio", "frames"])
-def daemon(request: pytest.FixtureRequest, daemon_factory: Callable[..., Daemon],
-           short_dir: Path, upstream: Upstream) -> Daemon:
-    """The daemon on each listener engine."""
-    return daemon_factory(basic_config(short_dir, upstream, engine=request.param))
 
 
 def test_node_grpc_js_client_over_unix_socket(node_client: Path, daemon: Daemon,

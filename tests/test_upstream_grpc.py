@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
@@ -11,23 +12,33 @@ import grpc
 import pytest
 import trustme
 
-from tests.conftest import Daemon, Upstream, basic_config, free_port
+from tests.conftest import Daemon, Upstream, basic_config, eventually, free_port
 
 
 class TcpEcho:
     """A gRPC echo server on 127.0.0.1 that records each caller's peer address."""
 
-    def __init__(self, credentials: grpc.ServerCredentials | None = None) -> None:
+    def __init__(self, credentials: grpc.ServerCredentials | None = None,
+                 max_streams: int | None = None) -> None:
         self.peers: list[str] = []
+        self.held: list[str] = []
+        self.release = threading.Event()
         self.port = free_port()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        options = [] if max_streams is None else [("grpc.max_concurrent_streams", max_streams)]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=options)
 
         def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
             self.peers.append(context.peer())
             return request
 
-        handler = grpc.method_handlers_generic_handler(
-            "test.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(echo)})
+        def hold(request: bytes, context: grpc.ServicerContext) -> bytes:
+            self.held.append(context.peer())
+            self.release.wait(10)
+            return request
+
+        handler = grpc.method_handlers_generic_handler("test.Echo", {
+            "Unary": grpc.unary_unary_rpc_method_handler(echo),
+            "Hold": grpc.unary_unary_rpc_method_handler(hold)})
         self.server.add_generic_rpc_handlers((handler,))
         address = f"127.0.0.1:{self.port}"
         if credentials is None:
@@ -37,6 +48,7 @@ class TcpEcho:
         self.server.start()
 
     def stop(self) -> None:
+        self.release.set()
         self.server.stop(0).wait()
 
 
@@ -63,15 +75,25 @@ def test_tcp_address_forms_reach_the_upstream(
         assert ch.unary_unary("/test.Echo/Unary")(b"tcp", timeout=5) == b"tcp"
 
 
-def test_pool_spreads_calls_over_its_connections(
-    daemon_factory: Callable[..., Daemon], short_dir: Path, tcp_echo: TcpEcho
+def test_pool_opens_more_connections_when_the_upstreams_stream_limit_is_full(
+    daemon_factory: Callable[..., Daemon], short_dir: Path
 ) -> None:
-    d = daemon_factory(_target_config(short_dir, {
-        "address": f"127.0.0.1:{tcp_echo.port}", "pool": {"connections": 3}}))
-    with d.channel() as ch:
-        for _ in range(12):
-            ch.unary_unary("/test.Echo/Unary")(b"x", timeout=5)
-    assert len(set(tcp_echo.peers)) == 3
+    """Calls share a connection as streams up to the upstream's MAX_CONCURRENT_STREAMS (2
+    here); the pool opens another when those are full, never more than pool.connections."""
+    echo = TcpEcho(max_streams=2)
+    try:
+        d = daemon_factory(_target_config(short_dir, {
+            "address": f"127.0.0.1:{echo.port}", "pool": {"connections": 3}}))
+        with d.channel() as ch, futures.ThreadPoolExecutor(8) as threads:
+            stub = ch.unary_unary("/test.Echo/Hold")
+            calls = [threads.submit(stub, b"%d" % i, timeout=20) for i in range(8)]
+            eventually(lambda: len(echo.held) == 6)  # 3 connections x 2 streams
+            assert len(set(echo.held)) == 3
+            echo.release.set()
+            assert sorted(c.result() for c in calls) == sorted(b"%d" % i for i in range(8))
+        assert len(echo.held) == 8 and len(set(echo.held)) == 3
+    finally:
+        echo.stop()
 
 
 def test_sequential_calls_reuse_one_connection(

@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.engine.client import HandshakeError, UpstreamConnection
-from sidecar.engine.dns import Resolver, is_literal, join, split, system_resolve
+from sidecar.engine.dns import (
+    Resolver,
+    is_literal,
+    join,
+    parse_address,
+    split,
+    static_endpoints,
+    system_resolve,
+)
 from sidecar.engine.endpoints import Endpoint, EndpointPolicy, candidates, merge, power_of_two
 from sidecar.engine.limits import EngineLimits
 from sidecar.errors import UpstreamUnavailableError
@@ -45,24 +53,6 @@ class PoolOptions:
     policy: EndpointPolicy = field(default_factory=EndpointPolicy)
     ssl: ssl.SSLContext | None = None
     server_name: str | None = None  # SNI, name verified, and :authority
-
-
-def parse_address(address: str) -> tuple[str | None, str, int]:
-    """(unix path, host, port) of a gRPC target address: `unix:///p`, `unix:/p`, `unix:p`,
-    `dns:///host:port`, `host:port` or `[v6]:port`."""
-    if address.startswith("unix:"):
-        rest = address[5:]
-        if rest.startswith("//"):
-            rest = rest[2:]
-        return rest, "localhost", 0
-    if address.startswith("dns:"):
-        address = address[4:].lstrip("/")
-        if "/" in address:  # dns://resolver/host:port: the resolver is not used
-            address = address.split("/", 1)[1]
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"address {address!r} is not host:port")
-    return None, host.strip("[]"), int(port)
 
 
 class _Slot(Endpoint):
@@ -109,12 +99,15 @@ class UpstreamPool:
         self._rand = rand or random.Random()
         self._slots: list[_Slot] = []
         # A host name is resolved (first when a stream needs it), a path or an IP is not.
-        self._resolved = self._path is None and not is_literal(host)
+        statics = static_endpoints(address)
+        self._resolved = self._path is None and not statics and not is_literal(host)
         if self._path is not None:
             self._slots.append(_Slot(f"unix:{self._path}"))
+        elif statics:
+            self._slots.extend(_Slot(a) for a in statics)
         elif not self._resolved:
             self._slots.append(_Slot(authority))
-        self._resolve_at = 0.0
+        self._resolve_at = 0.0 if self._resolved else float("inf")  # when to look it up again
         self._resolving: asyncio.Future[None] | None = None
         self._dns_error: str | None = None
         self._dns_failures = 0

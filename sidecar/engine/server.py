@@ -210,7 +210,7 @@ class CallerConnection(H2Protocol):
 
 
 class EngineListener:
-    """One `engine: frames` listener on one Unix socket."""
+    """One listener on one Unix socket: the proxy, and a relay to its internal server."""
 
     def __init__(
         self,

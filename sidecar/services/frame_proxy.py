@@ -1,15 +1,16 @@
 """The transparent proxy on the frame engine: one caller stream, its upstream attempts.
 
-Same semantics as `services/proxy.py`: `context`, `routing` and `resilience` decide;
-this module moves frames. The request's DATA is kept until END_STREAM (bounded by the
-target's `limits.max_message`) and replayed on a retry; the response's HEADERS are held
-until its first DATA or its trailers, so a retry stays possible until the caller has
-seen a message, never after. Transport failures are known from our engine's events.
+`context`, `routing` and `resilience` decide; this module moves frames. The request's
+DATA is kept until END_STREAM (bounded by the target's `limits.max_message`) and
+replayed on a retry; the response's HEADERS are held until its first DATA or its
+trailers, so a retry stays possible until the caller has seen a message, never after.
+Transport failures are known from our engine's events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from sidecar.engine.pool import UpstreamPool
     from sidecar.engine.server import CallerConnection
 
+log = logging.getLogger("sidecar.proxy")
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 _OK = grpc.StatusCode.OK
 _CORRELATION = b"correlation-id"
@@ -194,6 +196,13 @@ class ProxiedCall:
                 self._send_status(status.value[0], str(self._aborted))
             else:
                 status = grpc.StatusCode.CANCELLED
+        except Exception:  # a fault of ours: the caller is answered and the call logged
+            log.exception("proxied call failed", extra={"fields": {
+                "listener": listener, "method": method, "target": target}})
+            self._close_upstream()
+            status = grpc.StatusCode.INTERNAL
+            self._send_status(status.value[0], f"target {target!r}: internal error in the daemon "
+                                               "(see its log)")
         finally:
             self._finished = True
             self._release_request()
@@ -232,7 +241,10 @@ class ProxiedCall:
         conn = pool.ready()
         try:
             if conn is None:
-                conn = await asyncio.wait_for(pool.connection(time_left), time_left)
+                # Not wait_for: on 3.11 it runs the wait in a task of its own, whose result
+                # reaches us a loop turn later, when other streams may have filled `conn`.
+                async with asyncio.timeout(time_left):
+                    conn = await pool.connection(time_left)
         except TimeoutError:
             self._timed_out()
         except UpstreamUnavailableError as e:

@@ -27,15 +27,13 @@ class Upstream(Protocol):
         """A JSON-ready view for /status (no secrets)."""
 
 
-def build_upstream(target: Target, redact: Redactor = NO_SECRETS,
-                   engines: frozenset[str] = frozenset({"grpcio"})) -> Upstream:
+def build_upstream(target: Target, redact: Redactor = NO_SECRETS) -> Upstream:
     """The registry: one line per kind. `redact` blanks `${VAR}` values out of what
-    the upstream's library writes; `engines` are the listener engines in use (a grpc
-    target opens what they need)."""
+    the upstream's library writes."""
     if isinstance(target, GrpcTarget):
         from sidecar.upstreams.grpc import GrpcUpstream
 
-        return GrpcUpstream(target, redact, engines)
+        return GrpcUpstream(target, redact)
     if isinstance(target, HttpTarget):
         from sidecar.upstreams.http import HttpUpstream
 

@@ -98,7 +98,7 @@ def rss_kib(pid: int) -> int:
 @pytest.fixture
 def frames(daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream
            ) -> Iterator[Daemon]:
-    d = daemon_factory(basic_config(short_dir, upstream, engine="frames"))
+    d = daemon_factory(basic_config(short_dir, upstream))
     yield d
     json_log(d)
 
@@ -240,7 +240,7 @@ def test_peer_text_is_escaped_in_the_daemons_json_logs(frames: Daemon,
 def test_sigterm_during_100_calls_cancels_none_and_logs_every_accepted_stream(
     daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream, delay_ms: int,
 ) -> None:
-    d = daemon_factory(basic_config(short_dir, upstream, engine="frames"))
+    d = daemon_factory(basic_config(short_dir, upstream))
     channels = [d.channel() for _ in range(10)]
     try:
         for ch in channels:  # connected before the signal
@@ -273,7 +273,7 @@ def test_at_drain_timeout_the_rest_get_unavailable_and_connections_close(
 ) -> None:
     """A held call is answered UNAVAILABLE at drain_timeout; a raw peer that holds a stream
     open and never answers the drain PING is closed anyway; the daemon exits 0."""
-    config = basic_config(short_dir, upstream, engine="frames")
+    config = basic_config(short_dir, upstream)
     config["drain_timeout"] = "500ms"
     d = daemon_factory(config)
     raw = RawCaller(d.socket)
@@ -317,7 +317,7 @@ def test_a_stream_reset_before_its_task_starts_is_logged(frames: Daemon) -> None
 @pytest.fixture
 def small_messages(daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream
                    ) -> Iterator[Daemon]:
-    config = basic_config(short_dir, upstream, engine="frames")
+    config = basic_config(short_dir, upstream)
     config["targets"]["up"]["limits"] = {"max_message": "64KiB"}
     d = daemon_factory(config)
     yield d

@@ -50,7 +50,7 @@ def frame_types(data: bytes) -> list[int]:
 def test_idle_connection_gets_goaway_and_is_closed(
     daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream
 ) -> None:
-    d = daemon_factory(basic_config(short_dir, upstream, engine="frames", idle_timeout="300ms"))
+    d = daemon_factory(basic_config(short_dir, upstream, idle_timeout="300ms"))
     with raw_caller(d.socket) as s:
         started = time.monotonic()
         data = read_until_closed(s, timeout=10)
@@ -61,7 +61,7 @@ def test_idle_connection_gets_goaway_and_is_closed(
 def test_connections_past_the_cap_are_closed_at_once(
     daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream
 ) -> None:
-    d = daemon_factory(basic_config(short_dir, upstream, engine="frames", max_connections=2))
+    d = daemon_factory(basic_config(short_dir, upstream, max_connections=2))
     callers = [raw_caller(d.socket) for _ in range(4)]
     served = closed = 0
     try:
@@ -85,7 +85,7 @@ def test_connections_past_the_cap_are_closed_at_once(
 def test_ping_flood_from_a_caller_that_never_reads_is_cut_off(
     daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream
 ) -> None:
-    d = daemon_factory(basic_config(short_dir, upstream, engine="frames"))
+    d = daemon_factory(basic_config(short_dir, upstream))
     ping = frame(6, 0, 0, b"12345678") * 1000
     with raw_caller(d.socket) as s:
         s.settimeout(10)

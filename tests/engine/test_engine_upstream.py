@@ -128,7 +128,7 @@ def read_frames(conn: socket.socket) -> Iterator[tuple[int, int, bytes]]:
 
 def _target_config(short_dir: Path, target: dict[str, Any], admin: int | None = None,
                    **listener: Any) -> dict[str, Any]:
-    config = basic_config(short_dir, None, default_target="up", engine="frames", **listener)
+    config = basic_config(short_dir, None, default_target="up", **listener)
     config["targets"]["up"] = {"kind": "grpc", **target}
     if admin is not None:
         config["admin"] = {"address": f"127.0.0.1:{admin}"}
@@ -428,7 +428,7 @@ def test_required_target_health_follows_the_frames_pool_connects(
 
     eventually(lambda: _get(admin, "/readyz")[0] == 503)
     assert target_health() == health_pb2.HealthCheckResponse.NOT_SERVING
-    assert _get(admin, "/status")[1]["targets"]["up"]["connections"] == []  # no grpcio channel
+    assert _get(admin, "/status")[1]["targets"]["up"]["connections"] == 0
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()

@@ -131,6 +131,24 @@ async def test_streams_spread_over_every_resolved_endpoint_by_in_flight_load(
         await pool.close()
 
 
+async def test_an_ipv4_list_is_fixed_endpoints_never_resolved(servers: list[Server]) -> None:
+    """gRPC's `ipv4:a:port,b:port` form: each is an endpoint, the resolver never asked."""
+    resolve = resolver([[]])
+    address = "ipv4:" + ",".join(s.address for s in servers)
+    pool = UpstreamPool("up", address, resolve=resolve, rand=random.Random(8))
+    try:
+        held = [await call(pool, "/test.Echo/Hold") for _ in range(30)]
+        assert sorted(endpoints(pool)) == sorted(s.address for s in servers)
+        loads = [int(e["streams"]) for e in endpoints(pool).values()]  # type: ignore[call-overload]
+        assert min(loads) >= 1 and sum(loads) == 30
+        for server in servers:
+            server.release.set()
+        assert {await c.done for c in held} == {"0"}
+        assert resolve.asked == []  # type: ignore[attr-defined]
+    finally:
+        await pool.close()
+
+
 async def test_an_endpoint_failing_its_connects_is_ejected_and_skipped(
     servers: list[Server],
 ) -> None:

@@ -35,7 +35,7 @@ def grpcurl(d: Daemon, *args: str, flags: tuple[str, ...] = ()
 
 @pytest.fixture
 def frames(daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream) -> Daemon:
-    return daemon_factory(basic_config(short_dir, upstream, engine="frames"))
+    return daemon_factory(basic_config(short_dir, upstream))
 
 
 def test_grpcurl_lists_the_daemons_services_by_reflection(frames: Daemon,

@@ -116,7 +116,7 @@ def interop_daemon(pb: Generated) -> Iterator[Daemon]:
     server.add_insecure_port(f"unix:{folder}/up.sock")
     server.start()
     upstream = type("Up", (), {"address": f"unix://{folder}/up.sock"})()
-    config = basic_config(Path(folder), upstream, engine="frames")  # type: ignore[arg-type]
+    config = basic_config(Path(folder), upstream)  # type: ignore[arg-type]
     # The cases end in UNKNOWN and DEADLINE_EXCEEDED on purpose: keep the breaker closed.
     config["targets"]["up"]["breaker"] = {"failures": 1000}
     d = _start_daemon(Path(folder), config)
