@@ -264,6 +264,16 @@ class EngineListener:
         self.key = key
         self.proxy.listener = listener.name
 
+    def stats(self) -> dict[str, int | bool]:
+        """Caller-side load for /status: counts and config only, nothing a peer sent."""
+        connections = self.connections
+        return {
+            "connections": len(connections),
+            "streams": sum(len(conn.streams) for conn in connections),
+            "max_connections": self.listener.max_connections,
+            "draining": self.stopping,
+        }
+
     def dispatch(self, conn: CallerConnection, event: RequestReceived) -> CallerStream:
         headers = event.headers
         path = b""

@@ -1,0 +1,47 @@
+"""`GET /status` per listener: the engine's caller connections and streams, over real sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import orjson
+
+from tests.conftest import Daemon, Upstream, basic_config, eventually, free_port
+
+# A channel of its own: without it grpc shares one connection between channels to a target.
+_OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+def _listener(d: Daemon) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://{d.admin}/status", timeout=5) as reply:
+        [entry] = orjson.loads(reply.read())["listeners"]
+    return dict(entry)
+
+
+def test_status_counts_caller_connections_and_held_streams_until_they_close(
+        daemon_factory: Callable[..., Daemon], upstream: Upstream, short_dir: Path) -> None:
+    config = basic_config(short_dir, upstream, max_connections=7)
+    config["admin"] = {"address": f"127.0.0.1:{free_port()}"}
+    d = daemon_factory(config)
+    with contextlib.ExitStack() as channels:
+        calls = []
+        for held in (3, 2):
+            ch = channels.enter_context(
+                grpc.insecure_channel(f"unix:{d.socket}", options=_OWN_CONNECTION))
+            hold = ch.unary_unary("/test.Echo/Hold")
+            calls += [hold.future(b"%d" % i, timeout=20) for i in range(held)]
+        eventually(lambda: len(upstream.seen) == 5)
+
+        entry = eventually(lambda: _listener(d))  # the admin endpoint starts after the socket
+        assert entry == {"name": "app", "socket": d.socket, "mode": "0660",
+                         "connections": 2, "streams": 5, "max_connections": 7,
+                         "draining": False}
+
+        upstream.release.set()
+        assert [c.result() for c in calls] == [b"0", b"1", b"2", b"0", b"1"]
+    eventually(lambda: (_listener(d)["connections"], _listener(d)["streams"]) == (0, 0))
