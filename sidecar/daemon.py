@@ -9,6 +9,7 @@ sockets, report.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -90,6 +91,8 @@ class Daemon:
         if self.notifier.watchdog_interval:
             self._spawn(self._watchdog(self.notifier.watchdog_interval))
         self._watch(self.config)
+        gc.collect()
+        gc.freeze()  # what start-up built lives as long as the process: never scan it again
         self.ready = True
         self.notifier.ready()
         log.info("started", extra={"fields": {
@@ -148,11 +151,11 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.close()
         await self.health.shutting_down()
-        listeners = list(self.listeners.values())
-        self.listeners.clear()
+        listeners = list(self.listeners.values())  # kept meanwhile: /status shows the drain
         draining = asyncio.gather(*(s.stop(drain) for s in listeners))
         if not await self._unless_forced(draining):
             await asyncio.gather(*(s.stop(0) for s in listeners))
+        self.listeners.clear()
         for task in self._tasks:
             task.cancel()
         runtimes = [*self._retiring, self.runtime]
@@ -183,15 +186,20 @@ class Daemon:
         return not reasons, reasons
 
     def status(self) -> dict[str, Any]:
+        listeners: list[dict[str, Any]] = []
+        for ls in self.config.listeners:
+            entry: dict[str, Any] = {"name": ls.name, "socket": ls.socket,
+                                     "mode": f"{ls.mode:04o}"}
+            server = self.listeners.get(ls.name)
+            if server is not None:  # none once shutdown has stopped the servers
+                entry.update(server.stats())
+            listeners.append(entry)
         return {
             "version": __version__,
             "uptime_s": round(time.time() - self.started, 3),
             "config": self.config_path,
             "in_flight": self.runtime.in_flight,
-            "listeners": [
-                {"name": ls.name, "socket": ls.socket, "mode": f"{ls.mode:04o}"}
-                for ls in self.config.listeners
-            ],
+            "listeners": listeners,
             "targets": self.runtime.target_status(),
         }
 

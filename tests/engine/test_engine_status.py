@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -45,3 +46,22 @@ def test_status_counts_caller_connections_and_held_streams_until_they_close(
         upstream.release.set()
         assert [c.result() for c in calls] == [b"0", b"1", b"2", b"0", b"1"]
     eventually(lambda: (_listener(d)["connections"], _listener(d)["streams"]) == (0, 0))
+
+
+def test_status_shows_the_listener_draining_while_sigterm_waits_for_a_held_call(
+        daemon_factory: Callable[..., Daemon], upstream: Upstream, short_dir: Path) -> None:
+    config = basic_config(short_dir, upstream)
+    config["admin"] = {"address": f"127.0.0.1:{free_port()}"}
+    config["drain_timeout"] = "20s"
+    d = daemon_factory(config)
+    eventually(lambda: _listener(d))
+    with grpc.insecure_channel(f"unix:{d.socket}") as ch:
+        call = ch.unary_unary("/test.Echo/Hold").future(b"x", timeout=20)
+        eventually(lambda: upstream.seen)
+        d.signal(signal.SIGTERM)
+        d.wait_log('"stopping"')
+        assert eventually(lambda: _listener(d)["draining"]) is True
+        assert _listener(d)["streams"] == 1
+        upstream.release.set()
+        assert call.result() == b"x"
+    assert d.wait() == 0
