@@ -7,7 +7,7 @@ so every engine and upstream kind shares it.
 
 from __future__ import annotations
 
-import os
+import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +34,9 @@ _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+# Ids need to be unique and unguessable enough to trace by, not secret: a PRNG seeded from
+# os.urandom (as OpenTelemetry's own id generator does) saves a getrandom() call per id.
+_bits = random.Random().getrandbits
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 
@@ -134,14 +137,14 @@ def require_identity(ctx: CallContext, identity: Identity, listener: str) -> Non
 
 
 def new_uuid4() -> str:
-    """A random UUID4 in its canonical text form, at a third of `str(uuid.uuid4())`'s cost."""
-    h = os.urandom(16).hex()
+    """A random UUID4 in its canonical text form, at a fraction of `str(uuid.uuid4())`'s cost."""
+    h = f"{_bits(128):032x}"
     # version nibble 4; variant bits 10 (the first hex digit of the 4th group is 8-b)
     return (f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
 
 
 def new_span_id() -> str:
-    return os.urandom(8).hex()
+    return f"{_bits(64) or 1:016x}"
 
 
 def _continue_trace(traceparent: str | None) -> tuple[str, str | None, str]:
@@ -150,4 +153,4 @@ def _continue_trace(traceparent: str | None) -> tuple[str, str | None, str]:
         m = _TRACEPARENT.fullmatch(traceparent.strip())
         if m and m[1] != "ff" and m[2] != _ZERO_TRACE and m[3] != _ZERO_SPAN:
             return m[2], m[3], m[4]
-    return os.urandom(16).hex(), None, "01"
+    return f"{_bits(128) or 1:032x}", None, "01"

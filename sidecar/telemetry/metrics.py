@@ -1,6 +1,7 @@
 """Metrics: OpenTelemetry instruments, exported as Prometheus text from our own registry.
 
-Per-call work is one histogram record; everything the resilience layer
+Per-call work is one histogram record (telemetry/histogram.py: the durations are
+aggregated by the daemon, not the SDK, for cost); everything the resilience layer
 already counts (attempts, retries, refused retries, shed calls, breaker state
 and transitions, in-flight) is read from its counters at scrape time.
 """
@@ -12,14 +13,14 @@ from typing import Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import Histogram, MeterProvider
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, generate_latest
 
 from sidecar import __version__
 from sidecar.resilience.breaker import CLOSED, HALF_OPEN, OPEN
 from sidecar.resilience.policy import TargetPolicy
+from sidecar.telemetry.histogram import DurationHistogram, Histograms
 
 # Seconds: sub-millisecond proxy hops to multi-second upstream calls.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -38,21 +39,23 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.provider = MeterProvider(
             metric_readers=[PrometheusMetricReader(registry=self.registry)],
-            views=[View(instrument_type=Histogram,
-                        aggregation=ExplicitBucketHistogramAggregation(BUCKETS))],
             resource=Resource.create({"service.name": "sidecar",
                                       "service.version": __version__}),
         )
         meter = self.provider.get_meter("sidecar", __version__)
-        self.rpc_duration = meter.create_histogram(
-            "rpc.client.call.duration", unit="s",
-            description="gRPC calls proxied to grpc targets, by final status")
-        self.http_duration = meter.create_histogram(
-            "http.client.request.duration", unit="s",
-            description="HttpProxy calls to http targets, by upstream status or error")
-        self.messaging_duration = meter.create_histogram(
-            "messaging.client.operation.duration", unit="s",
-            description="Publish and PublishBatch calls to kafka targets, by outcome")
+        scope = {"otel_scope_name": "sidecar", "otel_scope_schema_url": "",
+                 "otel_scope_version": __version__}
+        self.rpc_duration = DurationHistogram(
+            "rpc_client_call_duration_seconds",
+            "gRPC calls proxied to grpc targets, by final status", BUCKETS, scope)
+        self.http_duration = DurationHistogram(
+            "http_client_request_duration_seconds",
+            "HttpProxy calls to http targets, by upstream status or error", BUCKETS, scope)
+        self.messaging_duration = DurationHistogram(
+            "messaging_client_operation_duration_seconds",
+            "Publish and PublishBatch calls to kafka targets, by outcome", BUCKETS, scope)
+        self.registry.register(Histograms(
+            [self.rpc_duration, self.http_duration, self.messaging_duration]))
         self.sent_messages = meter.create_counter(
             "messaging.client.sent.messages", unit="{message}",
             description="Kafka messages acknowledged by the broker")
