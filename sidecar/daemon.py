@@ -13,7 +13,7 @@ import gc
 import logging
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 
@@ -26,9 +26,11 @@ from sidecar.errors import ConfigError, SidecarError
 from sidecar.runtime import Runtime
 from sidecar.services.health import HealthReporter
 from sidecar.systemd import Notifier
-from sidecar.telemetry.admin import AdminServer
 from sidecar.telemetry.hub import Telemetry
 from sidecar.telemetry.logging import set_level
+
+if TYPE_CHECKING:  # aiohttp is loaded only when admin.address is set
+    from sidecar.telemetry.admin import AdminServer
 
 log = logging.getLogger("sidecar")
 _HEALTH_REFRESH = 1.0  # seconds between target health updates
@@ -83,6 +85,8 @@ class Daemon:
         for i, listener in enumerate(self.config.listeners):
             self.listeners[listener.name] = await self._start_listener(listener, i)
         if self.config.admin.enabled:
+            from sidecar.telemetry.admin import AdminServer
+
             self.admin = AdminServer(self.config.admin, self.readiness, self.status,
                                      self.telemetry.metrics.render)
             await self.admin.start()

@@ -63,17 +63,15 @@ class Runtime:
         for upstream in self.upstreams.values():
             await upstream.start()
 
-    def upstream(self, name: str, kind: type[U]) -> U:
-        """The upstream of target `name`, which must be of `kind`."""
+    def upstream(self, name: str, kind: str) -> Any:
+        """The upstream of target `name`, which must be of `kind` (`http`, `kafka`, ...)."""
         if not name:
             raise InvalidRequestError("target is required")
         upstream = self.upstreams.get(name)
         if upstream is None:
             raise UnknownTargetError(f"unknown target {name!r}")
-        if not isinstance(upstream, kind):
-            raise InvalidRequestError(
-                f"target {name!r} is {upstream.kind}, not {kind.kind}"  # type: ignore[attr-defined]
-            )
+        if upstream.kind != kind:
+            raise InvalidRequestError(f"target {name!r} is {upstream.kind}, not {kind}")
         return upstream
 
     def frame_pool(self, name: str) -> UpstreamPool:

@@ -15,7 +15,6 @@ from sidecar.resilience.policy import TargetPolicy
 from sidecar.runtime import Runtime
 from sidecar.telemetry.hub import Telemetry
 
-U = TypeVar("U")
 T = TypeVar("T")
 CORRELATION_KEY = "correlation-id"
 
@@ -35,8 +34,8 @@ class ApiService:
         context: grpc.aio.ServicerContext,
         method: str,
         target: str,
-        kind: type[U],
-        run: Callable[[U, CallContext, TargetPolicy, float], Awaitable[T]],
+        kind: str,
+        run: Callable[[Any, CallContext, TargetPolicy, float], Awaitable[T]],
         attributes: dict[str, Any] | None = None,
     ) -> T:
         """Run `run(upstream, ctx, policy, deadline)` for target `target` under its policy;

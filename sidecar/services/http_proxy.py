@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -11,7 +11,9 @@ from sidecar.context import CallContext
 from sidecar.errors import SidecarError
 from sidecar.resilience.policy import Attempt, TargetPolicy
 from sidecar.services.api_call import ApiService
-from sidecar.upstreams.http import HttpResult, HttpUpstream
+
+if TYPE_CHECKING:  # aiohttp is loaded with the first http target, not by every daemon
+    from sidecar.upstreams.http import HttpResult, HttpUpstream
 
 METHOD = "/sidecar.v1.HttpProxy/Call"
 
@@ -48,4 +50,4 @@ class HttpProxyService(ApiService, sidecar_pb2_grpc.HttpProxyServicer):
             )
 
         attributes: dict[str, Any] = {}
-        return await self.serve(context, METHOD, request.target, HttpUpstream, run, attributes)
+        return await self.serve(context, METHOD, request.target, "http", run, attributes)

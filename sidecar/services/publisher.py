@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -20,13 +20,10 @@ from sidecar.errors import InvalidRequestError, LimitExceededError, SidecarError
 from sidecar.resilience.policy import Attempt, TargetPolicy
 from sidecar.services.api_call import ApiService
 from sidecar.telemetry.hub import Telemetry
-from sidecar.upstreams.kafka import (
-    Delivered,
-    KafkaUpstream,
-    Outcome,
-    OutgoingMessage,
-    classify,
-)
+from sidecar.upstreams.kafka_messages import Delivered, Outcome, OutgoingMessage, classify
+
+if TYPE_CHECKING:  # confluent-kafka is loaded with the first kafka target
+    from sidecar.upstreams.kafka import KafkaUpstream
 
 PUBLISH = "/sidecar.v1.Publisher/Publish"
 PUBLISH_BATCH = "/sidecar.v1.Publisher/PublishBatch"
@@ -39,14 +36,14 @@ class PublisherService(ApiService, sidecar_pb2_grpc.PublisherServicer):
     async def Publish(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         attributes = _attributes(request.topic, "publish")
         return await self.serve(
-            context, PUBLISH, request.target, KafkaUpstream,
+            context, PUBLISH, request.target, "kafka",
             partial(_publish, request, self.telemetry), attributes,
         )
 
     async def PublishBatch(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         attributes = _attributes(request.topic, "publish_batch")
         return await self.serve(
-            context, PUBLISH_BATCH, request.target, KafkaUpstream,
+            context, PUBLISH_BATCH, request.target, "kafka",
             partial(_publish_batch, request, self.telemetry), attributes,
         )
 

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -33,12 +33,13 @@ from sidecar.errors import (
     LimitExceededError,
     PermissionDeniedError,
     SidecarError,
-    UpstreamError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from sidecar.resilience.policy import Attempt
 from sidecar.telemetry.redaction import NO_SECRETS, Redactor
+from sidecar.upstreams.kafka_messages import Delivered, Outcome, OutgoingMessage, classify
+
+__all__ = ["Delivered", "KafkaUpstream", "Outcome", "OutgoingMessage", "classify"]
 
 log = logging.getLogger("sidecar.kafka")
 
@@ -65,21 +66,6 @@ _DOWN_REASONS = {
     KafkaError._AUTHENTICATION: "authentication failed",
     KafkaError._SSL: "TLS handshake failed",
 }
-
-
-class Delivered(NamedTuple):
-    partition: int
-    offset: int
-
-
-class OutgoingMessage(NamedTuple):
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, str | bytes | None]]
-    partition: int  # -1: the partitioner chooses
-
-
-Outcome = Delivered | SidecarError
 
 
 class _Pending:
@@ -391,14 +377,6 @@ def delivery_error(target: str, topic: str, err: KafkaError) -> SidecarError:
     if code in _PURGED:
         return UpstreamUnavailableError(f"{where}: not sent, the producer was closed or replaced")
     return UpstreamUnavailableError(f"{where}: not delivered: {err.name()}")
-
-
-def classify(outcomes: Sequence[Outcome]) -> Attempt:
-    """One call's outcomes for the resilience layer: never retried (librdkafka already
-    retried; a second send could duplicate), broker failures count for the breaker."""
-    fault = any(isinstance(o, UpstreamError) for o in outcomes)
-    ok = all(isinstance(o, Delivered) for o in outcomes)
-    return Attempt(ok=ok, fault=fault, retryable=False)
 
 
 def _redact(text: str, target: KafkaTarget) -> str:
