@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -19,7 +19,9 @@ from sidecar.resilience.policy import TargetPolicy
 from sidecar.telemetry.histogram import Series
 from sidecar.telemetry.logging import CALL_FIELDS, AccessLog
 from sidecar.telemetry.metrics import Metrics
-from sidecar.telemetry.tracing import Tracer
+
+if TYPE_CHECKING:  # the tracing SDK is loaded only when tracing is on
+    from sidecar.telemetry.tracing import Tracer
 
 _MAX_CACHED_ATTRS = 4096  # target x kind x status: bounded by config, capped all the same
 
@@ -31,7 +33,11 @@ class Telemetry:
         self.access = AccessLog(config.log.access)
         self.active: dict[str, int] = {}
         self.metrics = Metrics(policies, self.active)
-        self.tracer = Tracer.from_config(config.telemetry.tracing)
+        self.tracer: Tracer | None = None
+        if config.telemetry.tracing.otlp_endpoint is not None:
+            from sidecar.telemetry.tracing import Tracer
+
+            self.tracer = Tracer.from_config(config.telemetry.tracing)
         self.metrics_on = config.telemetry.metrics.enabled
         # The histogram series of calls without extra attributes, looked up once.
         self._series: dict[tuple[str, str, grpc.StatusCode], Series] = {}
