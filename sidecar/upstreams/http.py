@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import re
 import socket
@@ -49,9 +50,18 @@ _HOP = frozenset({
     "proxy-connection", "proxy-authenticate", "proxy-authorization", "host", "content-length",
 })
 _RETRY_STATUSES = frozenset({502, 503, 504})
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # a token (RFC 9110 5.6.2)
+# What may not go out raw: in a path a space or any control character; in a header
+# value a control character other than tab (RFC 9110 5.5), NUL, CR and LF above all.
+_PATH_REFUSED = re.compile(r"[\x00-\x20\x7f]")
+_VALUE_REFUSED = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CHUNK = 64 * 1024
 _CONNECT_PROBE = HttpHealth()  # the schedule of a target without a health section
+# Seconds before the caller's deadline we answer ourselves (at most a fifth of the time
+# left): enough for the answer to reach the caller on a busy machine.
+_REPLY_MARGIN = 0.2
+# Answers that have no body whatever their Content-Length says (RFC 9110 6.4.1).
+_NO_BODY_STATUSES = frozenset({204, 304})
 
 
 @dataclass(slots=True)
@@ -140,13 +150,31 @@ class HttpUpstream:
         self, method: str, path: str, headers: list[tuple[str, str]], body: bytes,
         ctx: CallContext,
     ) -> HttpCall:
-        """Validate the caller's request and add the target's and the contract's headers."""
+        """Validate the caller's request and add the target's and the contract's headers.
+
+        Anything that could not go out as a well-formed HTTP/1.1 request is
+        INVALID_ARGUMENT naming the field, before any attempt: a method that is
+        not one of `METHODS`, a path that does not start with "/" or holds a
+        space or a control character (refused rather than percent-encoded: the
+        caller encodes its own path, and the upstream must see exactly the
+        path it sent), a header name that is not an HTTP token, or a header
+        value with a control character other than tab. Neither the path nor a
+        value is echoed in the message: either may carry a secret.
+        """
         name = self.target.name
         method = method.upper()
         if method not in METHODS:
-            raise InvalidRequestError(f"target {name!r}: unsupported HTTP method {method!r}")
+            raise InvalidRequestError(
+                f"target {name!r}: invalid method {method[:40]!r} "
+                f"(one of {', '.join(sorted(METHODS))})"
+            )
         if not path.startswith("/"):
-            raise InvalidRequestError(f"target {name!r}: path must start with '/'")
+            raise InvalidRequestError(f"target {name!r}: invalid path: must start with '/'")
+        if (bad := _PATH_REFUSED.search(path)) is not None:
+            raise InvalidRequestError(
+                f"target {name!r}: invalid path: {_describe(bad.group())} at offset "
+                f"{bad.start()} (percent-encode it)"
+            )
         if len(body) > self.target.max_body:
             raise LimitExceededError(
                 f"target {name!r}: request body of {len(body)} bytes is over max_body "
@@ -158,8 +186,15 @@ class HttpUpstream:
             raise InvalidRequestError(f"target {name!r}: invalid path") from e
         out = []
         for key, value in headers:
-            if not _HEADER_NAME.match(key) or "\n" in value or "\r" in value:
-                raise InvalidRequestError(f"target {name!r}: invalid header {key[:40]!r}")
+            if not _HEADER_NAME.match(key):
+                raise InvalidRequestError(
+                    f"target {name!r}: invalid header name {key[:40]!r} (not an HTTP token)"
+                )
+            if (bad := _VALUE_REFUSED.search(value)) is not None:
+                raise InvalidRequestError(
+                    f"target {name!r}: invalid value of header {key[:40]!r}: "
+                    f"{_describe(bad.group())} at offset {bad.start()}"
+                )
             if key.lower() not in self._drop:
                 out.append((key, value))
         out.extend(self.target.headers)
@@ -174,24 +209,46 @@ class HttpUpstream:
     async def attempt(
         self, call: HttpCall, time_left: float, deadline: float
     ) -> tuple[Attempt, HttpResult | SidecarError]:
-        """One try: the verdict for the resilience layer and the answer (or error) so far."""
+        """One try: the verdict for the resilience layer and the answer (or error) so far.
+
+        An attempt that would run into the caller's `deadline` is cut a little
+        before it (at most a fifth of the time left, `_REPLY_MARGIN`), so that
+        the caller gets DEADLINE_EXCEEDED naming the target rather than its own
+        library's anonymous one.
+        """
         assert self._session is not None
         name = self.target.name
         tls = self.target.tls
         self._attempts += 1
+        until = deadline - time.monotonic()
+        answer_by = until - min(_REPLY_MARGIN, until / 5)
+        if answer_by <= 0:
+            return (Attempt(ok=False),
+                    UpstreamTimeoutError(f"target {name!r}: deadline exceeded"))
+        caller_bound = answer_by <= time_left  # else `retry.per_try_timeout` ends it first
         try:
             async with self._session.request(
                 call.method, call.url, headers=call.headers, data=call.body or None,
-                allow_redirects=False, timeout=aiohttp.ClientTimeout(total=time_left),
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=min(time_left, answer_by),
+                                              ceil_threshold=math.inf),
                 server_hostname=tls.server_name if tls else None,
             ) as response:
                 result = HttpResult(
                     response.status,
                     [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP],
-                    await self._read_body(response),
+                    await self._read_body(call, response),
                 )
         except LimitExceededError as e:
             return Attempt(ok=False), e
+        except TimeoutError:  # before ClientError: aiohttp's timeouts are both
+            if caller_bound:
+                return (Attempt(ok=False, fault=True),
+                        UpstreamTimeoutError(f"target {name!r}: no answer before the "
+                                             "caller's deadline"))
+            return (Attempt(ok=False, fault=True, retryable=call.idempotent),
+                    UpstreamUnavailableError(
+                        f"target {name!r}: attempt timed out (retry.per_try_timeout)"))
         except aiohttp.ClientConnectorError as e:  # never reached the server: safe to repeat
             reason = _reason(e)
             self._connected(False, reason)
@@ -200,13 +257,6 @@ class HttpUpstream:
         except (aiohttp.ClientError, OSError) as e:
             return (Attempt(ok=False, fault=True, retryable=call.idempotent),
                     UpstreamUnavailableError(f"target {name!r}: {_reason(e)}"))
-        except TimeoutError:
-            error: SidecarError = (
-                UpstreamTimeoutError(f"target {name!r}: deadline exceeded")
-                if time.monotonic() >= deadline
-                else UpstreamUnavailableError(f"target {name!r}: attempt timed out")
-            )
-            return Attempt(ok=False, fault=True, retryable=call.idempotent), error
         self._connected(True)
         status = result.status
         retryable = call.idempotent and status in self._retry_statuses
@@ -216,12 +266,15 @@ class HttpUpstream:
         return Attempt(ok=status < 500, fault=status >= 500, retryable=retryable,
                        pushback=pushback), result
 
-    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes:
+    async def _read_body(self, call: HttpCall, response: aiohttp.ClientResponse) -> bytes:
+        """The body, up to `max_body` bytes: exactly that many pass, one more is refused."""
         limit = self.target.max_body
         too_big = LimitExceededError(
             f"target {self.target.name!r}: response body is over max_body ({limit} bytes)"
         )
-        if response.content_length is not None and response.content_length > limit:
+        declared = response.content_length
+        if (declared is not None and declared > limit and call.method != "HEAD"
+                and response.status not in _NO_BODY_STATUSES):
             response.close()  # drop the connection rather than read what we would refuse
             raise too_big
         chunks, size = [], 0
@@ -303,6 +356,11 @@ class HttpUpstream:
         else:
             log.warning("health check failing" if checked else "target unreachable",
                         extra={"fields": {**fields, "reason": reason}})
+
+
+def _describe(char: str) -> str:
+    """A refused character, named so that a message never needs to show the text around it."""
+    return "a space" if char == " " else f"control character 0x{ord(char):02x}"
 
 
 def _reason(error: BaseException) -> str:
