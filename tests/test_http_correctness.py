@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from sidecar._generated import sidecar_pb2, sidecar_pb2_grpc
+from sidecar.config import DEFAULT_MAX_BODY
 from tests.conftest import Daemon
 from tests.http_upstream import HttpUpstream, http_config
 
@@ -162,6 +163,17 @@ def test_response_of_exactly_max_body_passes_and_one_byte_more_is_resource_exhau
     # a HEAD answer declares the length of a body it does not carry
     reply = call(d, "HEAD", f"/sized/{limit + 1}")
     assert reply.status == 200 and reply.body == b""
+
+
+def test_response_of_exactly_the_default_max_body_reaches_the_caller(
+    daemon_factory: Callable[..., Daemon], short_dir: Path, http_upstream: HttpUpstream
+) -> None:
+    """16 MiB is both the default max_body and the default limits.max_message: the
+    reply, a few bytes over the body, must still go out."""
+    d = daemon_factory(http_config(str(short_dir / "app.sock"), http_upstream.url))
+    for path in ("/big/16", "/chunked/16"):
+        reply = call(d, "GET", path)
+        assert reply.status == 200 and len(reply.body) == DEFAULT_MAX_BODY, path
 
 
 def test_upstream_that_never_answers_is_deadline_exceeded_naming_the_target(
