@@ -1,9 +1,11 @@
-"""`engine: frames` listeners: the daemon's own HTTP/2 server on a Unix socket.
+"""Listeners: the daemon's own HTTP/2 server on a Unix socket.
 
 One `CallerConnection` (an asyncio Protocol around a server-role H2Connection) per
-accepted caller; each stream goes, by its `:path`, either to the transparent proxy
-(`services/frame_proxy.py`) or, for the daemon's own services, frame for frame to a
-grpc.aio `ListenerServer` on a private socket. Same shape as `ListenerServer`:
+accepted caller; each stream goes, by its `:path`, to the transparent proxy
+(`services/frame_proxy.py`), to a unary method the daemon answers itself
+(`services/native.py`: HttpProxy, Publisher, Health/Check), or, for the rest of its own
+services (Health/Watch, reflection), frame for frame to a grpc.aio `ListenerServer` on a
+private socket. Same shape as `ListenerServer`:
 `start()`, `update(listener, key)`, `stop(grace)`.
 """
 
@@ -41,13 +43,14 @@ from sidecar.engine.transport import H2Protocol
 from sidecar.errors import ListenerError
 from sidecar.listeners import ListenerServer, _umask_for, prepare_socket_path
 from sidecar.runtime import Runtime
+from sidecar.services import native
 from sidecar.services.frame_proxy import FrameProxy
 from sidecar.services.health import HealthReporter
 from sidecar.telemetry.hub import Telemetry
 
 log = logging.getLogger("sidecar.engine")
 
-# The daemon's own services, served by the internal grpc.aio server.
+# The daemon's own services; those not answered natively go to the internal grpc.aio server.
 INTERNAL_PREFIXES = (b"/grpc.health.v1.Health/", b"/grpc.reflection.", b"/sidecar.v1.")
 INTERNAL_CONNECTIONS = 4  # HTTP/2 connections to the internal server
 DRAIN_PING = b"drain..."
@@ -233,6 +236,9 @@ class EngineListener:
             dataclasses.replace(listener, socket=private, mode=0o600), f"{key} (internal)",
             max_message, runtime, health, telemetry)
         self._internal_pool = UpstreamPool("daemon", f"unix:{private}", INTERNAL_CONNECTIONS)
+        self._native = native.methods(self.internal.http, self.internal.publisher,
+                                      health.servicer)
+        self._max_message = max_message
         self._server: asyncio.AbstractServer | None = None
         self._bound = False
         self._idle_task: asyncio.Task[None] | None = None
@@ -283,6 +289,10 @@ class EngineListener:
                 break
             if name[:1] != b":":
                 break
+        found = self._native.get(path)
+        if found is not None:
+            return native.NativeUnary(conn, event.stream_id, headers, event.end_stream,
+                                      found[0], found[1], self._max_message)
         if path.startswith(INTERNAL_PREFIXES):
             return Relay(conn, event.stream_id, headers, event.end_stream, self._internal_pool)
         return self.proxy.stream(conn, event.stream_id, headers, path, event.end_stream)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from sidecar.telemetry.hub import Telemetry
 
 T = TypeVar("T")
 CORRELATION_KEY = "correlation-id"
+DEADLINE_CANCEL = "deadline"  # why services/native.py cancels a call: its deadline passed
 
 
 class ApiService:
@@ -69,6 +71,10 @@ class ApiService:
             status = e.grpc_status
             await send_error(context, e, ctx.correlation_id)
             raise AssertionError("abort returns never") from e
+        except asyncio.CancelledError as e:  # logged as the caller saw it
+            deadline = bool(e.args) and e.args[0] == DEADLINE_CANCEL
+            status = grpc.StatusCode.DEADLINE_EXCEEDED if deadline else grpc.StatusCode.CANCELLED
+            raise
         finally:
             runtime.leave()
             self.telemetry.end(

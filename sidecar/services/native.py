@@ -1,0 +1,281 @@
+"""The daemon's own unary methods served on the engine, without a grpcio server on the path.
+
+`HttpProxy/Call`, `Publisher/Publish`, `Publisher/PublishBatch` and `Health/Check` are
+answered here: the request message is collected from the caller's DATA (bounded by
+`limits.max_message`), decoded once with the generated protobuf class (upb), handed to
+the same servicer methods the internal grpc.aio server runs, through `NativeContext` (the
+four things they ask of a grpc.aio ServicerContext), and the response is encoded once,
+with status and trailers written by the engine. Streaming methods (`Health/Watch`,
+reflection) stay on the internal server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import grpc
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+
+from sidecar.engine.events import Headers
+from sidecar.engine.relay import error_block
+from sidecar.services.api_call import DEADLINE_CANCEL
+
+if TYPE_CHECKING:
+    from sidecar.engine.server import CallerConnection
+
+log = logging.getLogger("sidecar.native")
+
+_PREFIX = struct.Struct(">BI")  # gRPC message framing: compressed flag, length
+_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+_RESPONSE_HEADERS: Headers = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+_OK_TRAILERS: Headers = [(b"grpc-status", b"0")]
+_DEADLINE_SLACK = 0.05  # seconds past the caller's deadline before we answer for the handler
+
+
+class Method(NamedTuple):
+    """A unary method: how its request is decoded and who answers it."""
+
+    decode: Callable[[bytes], Any]
+    handler: Callable[[Any, NativeContext], Awaitable[Any]]
+
+
+class Abort(Exception):
+    """`context.abort(code, details)`: the call ends with this status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class NativeContext:
+    """What the daemon's servicers ask of a grpc.aio ServicerContext, for one native call."""
+
+    __slots__ = ("_deadline", "_loop", "_metadata", "initial_metadata")
+
+    def __init__(self, metadata: list[tuple[str, str | bytes]], deadline: float | None,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._metadata = metadata
+        self._deadline = deadline
+        self._loop = loop
+        self.initial_metadata: list[tuple[str, str]] = []
+
+    def invocation_metadata(self) -> list[tuple[str, str | bytes]]:
+        return self._metadata
+
+    def time_remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return max(self._deadline - self._loop.time(), 0.0)
+
+    async def send_initial_metadata(self, metadata: Any) -> None:
+        self.initial_metadata = [(str(k), str(v)) for k, v in metadata]
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise Abort(code, details)
+
+
+class NativeUnary:
+    """One caller stream of a unary method the daemon answers itself."""
+
+    __slots__ = ("_buffer", "_conn", "_context", "_ended", "_finished", "_headers",
+                 "_limit", "_method", "_name", "_sid", "_task", "_timer")
+
+    def __init__(self, conn: CallerConnection, stream_id: int, headers: Headers,
+                 end_stream: bool, name: str, method: Method, max_message: int) -> None:
+        self._conn = conn
+        self._sid = stream_id
+        self._headers = headers
+        self._name = name
+        self._method = method
+        self._limit = max_message
+        self._buffer = bytearray()
+        self._ended = False
+        self._finished = False
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._context: NativeContext | None = None
+        if end_stream:
+            self.caller_data(b"", 0, True)
+
+    # -- caller side ----------------------------------------------------------------------
+
+    def caller_data(self, data: memoryview | bytes, length: int, end_stream: bool) -> None:
+        conn = self._conn
+        conn.acknowledge(self._sid, length)  # held here, bounded by the message limit
+        if self._finished or self._ended:
+            return
+        buffer = self._buffer
+        buffer += data
+        if len(buffer) > self._limit + _PREFIX.size:
+            self._buffer = bytearray()
+            self._answer_error(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"{self._name}: request message of over {self._limit} bytes "
+                               "is over the limit (limits.max_message)")
+            return
+        if end_stream:
+            self._ended = True
+            self._start()
+
+    def caller_reset(self) -> None:
+        """The caller reset the stream or its connection is gone: the call is cancelled
+        (and logged CANCELLED by the servicer's call wrapper)."""
+        self._finished = True
+        self._cancel(None)
+
+    def caller_abort(self, message: str) -> None:
+        """The listener's drain deadline passed."""
+        if not self._finished:
+            self._cancel(None)
+            self._answer_error(grpc.StatusCode.UNAVAILABLE, message)
+
+    # -- the call -------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        request_bytes = self._message()
+        if request_bytes is None:
+            return
+        try:
+            request = self._method.decode(request_bytes)
+        except DecodeError:
+            self._answer_error(grpc.StatusCode.INTERNAL,
+                               f"{self._name}: the request is not a valid message")
+            return
+        metadata, timeout = _caller_metadata(self._headers)
+        loop = self._conn.loop
+        deadline = None if timeout is None else loop.time() + timeout
+        context = self._context = NativeContext(metadata, deadline, loop)
+        self._task = loop.create_task(self._run(request, context))
+        if timeout is not None:
+            self._timer = loop.call_later(timeout + _DEADLINE_SLACK, self._expire)
+
+    def _message(self) -> bytes | None:
+        buffer, self._buffer = self._buffer, bytearray()
+        if len(buffer) < _PREFIX.size:
+            self._answer_error(grpc.StatusCode.INTERNAL,
+                               f"{self._name}: no request message was sent")
+            return None
+        compressed, size = _PREFIX.unpack_from(buffer)
+        if compressed:
+            self._answer_error(grpc.StatusCode.UNIMPLEMENTED,
+                               f"{self._name}: compressed requests are not supported",
+                               [(b"grpc-accept-encoding", b"identity")])
+            return None
+        if size != len(buffer) - _PREFIX.size:
+            self._answer_error(grpc.StatusCode.INTERNAL,
+                               f"{self._name}: a unary call takes exactly one whole message")
+            return None
+        return bytes(memoryview(buffer)[_PREFIX.size:])
+
+    async def _run(self, request: Any, context: NativeContext) -> None:
+        try:
+            response = await self._method.handler(request, context)
+        except Abort as e:
+            self._answer_error(e.code, e.details, _metadata_block(context.initial_metadata))
+        except asyncio.CancelledError:
+            return  # the caller is gone, or the answer was given for the handler
+        except Exception:  # a fault of ours: answered, logged, never a hang
+            log.exception("native call failed", extra={"fields": {"method": self._name}})
+            self._answer_error(grpc.StatusCode.INTERNAL,
+                               f"{self._name}: internal error in the daemon (see its log)")
+        else:
+            self._answer(response.SerializeToString(), context)
+
+    def _expire(self) -> None:
+        """The handler outlived the caller's deadline: answer for it (the servicers answer
+        before it themselves; this is the guarantee that no call hangs)."""
+        self._timer = None
+        if not self._finished:
+            self._cancel(DEADLINE_CANCEL)
+            self._answer_error(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               f"{self._name}: deadline exceeded")
+
+    def _cancel(self, reason: str | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel(reason)
+
+    # -- answers --------------------------------------------------------------------------
+
+    def _answer(self, payload: bytes, context: NativeContext) -> None:
+        if self._finished:
+            return
+        conn, sid = self._conn, self._sid
+        conn.send_headers(sid, [*_RESPONSE_HEADERS, *_metadata_block(context.initial_metadata)])
+        conn.send_data(sid, _PREFIX.pack(0, len(payload)) + payload, False)
+        conn.send_trailers(sid, _OK_TRAILERS)
+        self._end()
+
+    def _answer_error(self, code: grpc.StatusCode, message: str,
+                      extra: Headers | None = None) -> None:
+        if self._finished:
+            return
+        self._conn.send_trailers(self._sid, error_block(code.value[0], message, False, extra))
+        self._end()
+
+    def _end(self) -> None:
+        self._finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._conn.finish(self._sid, not self._ended)
+
+
+def _metadata_block(metadata: list[tuple[str, str]]) -> Headers:
+    return [(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in metadata]
+
+
+def _caller_metadata(headers: Headers) -> tuple[list[tuple[str, str | bytes]], float | None]:
+    """Metadata as grpc.aio gives it (text, `-bin` values decoded) and grpc-timeout."""
+    metadata: list[tuple[str, str | bytes]] = []
+    timeout = None
+    for name, value in headers:
+        if name[:1] == b":":
+            continue
+        if name == b"grpc-timeout":
+            timeout = _parse_timeout(value)
+        elif name.endswith(b"-bin"):
+            try:
+                metadata.append((name.decode("latin-1"), base64.b64decode(value + b"==")))
+            except (binascii.Error, ValueError):
+                continue  # not base64: dropped, as grpc-core drops it
+        elif name not in (b"te", b"content-type", b"user-agent", b"grpc-accept-encoding",
+                          b"grpc-encoding"):
+            metadata.append((name.decode("latin-1"), value.decode("latin-1")))
+    return metadata, timeout
+
+
+def _parse_timeout(value: bytes) -> float | None:
+    unit = _UNITS.get(value[-1:])
+    digits = value[:-1]
+    if unit is None or not digits.isdigit() or len(digits) > 8:
+        return None
+    return int(digits) * unit
+
+
+def methods(http: Any, publisher: Any, health: Any) -> dict[bytes, tuple[str, Method]]:
+    """The native methods by `:path`, answered by these servicers (the same objects the
+    internal grpc.aio server holds, so a reload's listener update reaches both)."""
+    from grpc_health.v1 import health_pb2
+
+    from sidecar._generated import sidecar_pb2
+
+    table = {
+        "/sidecar.v1.HttpProxy/Call": Method(sidecar_pb2.HttpRequest.FromString, http.Call),
+        "/sidecar.v1.Publisher/Publish": Method(sidecar_pb2.PublishRequest.FromString,
+                                                publisher.Publish),
+        "/sidecar.v1.Publisher/PublishBatch": Method(
+            sidecar_pb2.PublishBatchRequest.FromString, publisher.PublishBatch),
+        "/grpc.health.v1.Health/Check": Method(health_pb2.HealthCheckRequest.FromString,
+                                               health.Check),
+    }
+    return {path.encode(): (path, method) for path, method in table.items()}
