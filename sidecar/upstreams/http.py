@@ -245,7 +245,7 @@ class HttpUpstream:
             if caller_bound:
                 return (Attempt(ok=False, fault=True),
                         UpstreamTimeoutError(f"target {name!r}: no answer before the "
-                                             "caller's deadline"))
+                                             "call's deadline"))
             return (Attempt(ok=False, fault=True, retryable=call.idempotent),
                     UpstreamUnavailableError(
                         f"target {name!r}: attempt timed out (retry.per_try_timeout)"))
