@@ -98,7 +98,7 @@ async def _send(
     outcomes: list[Outcome] = []
 
     async def attempt(time_left: float) -> Attempt:
-        outcomes[:] = await upstream.publish(topic, messages, time_left)
+        outcomes[:] = await upstream.publish(topic, messages, len(messages), time_left)
         return classify(outcomes)
 
     try:

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
@@ -44,6 +44,8 @@ __all__ = ["Delivered", "KafkaUpstream", "Outcome", "OutgoingMessage", "classify
 log = logging.getLogger("sidecar.kafka")
 
 _BUSY_POLL = 0.001  # seconds between polls while messages await delivery reports
+_ROOM_WAIT = 0.05  # longest wait for queue room before trying produce() again anyway
+_PRODUCE_SLICE = 1000  # messages a call enqueues before letting the loop run
 _IDLE_POLL = 0.1  # ... and while none do (stats, logs, errors)
 _STATS_MS = 1000  # broker states for health(), and the stuck-producer check
 _QUEUE_MESSAGES = 100_000  # librdkafka's own default; the byte bound below is ours
@@ -110,6 +112,7 @@ class KafkaUpstream:
         self._poller: asyncio.Task[None] | None = None
         self._closing = False
         self._wake = asyncio.Event()
+        self._room: asyncio.Future[None] | None = None  # resolved by the poller's reports
         self._loop: asyncio.AbstractEventLoop | None = None
         self._brokers_up = True  # until librdkafka's first stats say otherwise
         self._down_reason: str | None = None
@@ -168,37 +171,32 @@ class KafkaUpstream:
             raise PermissionDeniedError(f"target {name!r}: topic {topic!r} is not allowed (topics)")
 
     async def publish(
-        self, topic: str, messages: Sequence[OutgoingMessage | SidecarError], time_left: float
+        self, topic: str, messages: Iterable[OutgoingMessage | SidecarError], count: int,
+        time_left: float,
     ) -> list[Outcome]:
-        """Enqueue every message (pipelined) and wait for the brokers' acknowledgements.
+        """Enqueue the `count` messages (pipelined) and wait for the brokers' acknowledgements.
 
-        Answers a little before the caller's deadline: a message not acknowledged
-        by then fails UNAVAILABLE, yet librdkafka may still deliver it later
-        (within `producer.delivery_timeout`), so publishing is at-least-once.
+        `messages` is walked once, as the producer's queue takes them: when it is
+        full, the call waits for delivery reports to free room, so a batch larger
+        than the queue is not held twice (here and in librdkafka). Answers a
+        little before the caller's deadline: a message not acknowledged by then
+        fails UNAVAILABLE, yet librdkafka may still deliver it later (within
+        `producer.delivery_timeout`), so publishing is at-least-once; one the
+        queue had no room for by then was not sent (RESOURCE_EXHAUSTED).
         A SidecarError in `messages` is a message refused before it was sent.
         """
         name = self.target.name
         producer, loop = self._producer, self._loop
         if time_left <= 0:
-            return [UpstreamTimeoutError(f"target {name!r}: deadline exceeded")] * len(messages)
+            return [UpstreamTimeoutError(f"target {name!r}: deadline exceeded")] * count
         if producer is None or loop is None or self._closing:
-            return [UpstreamUnavailableError(f"target {name!r}: shutting down")] * len(messages)
-        pending = _Pending(loop, name, topic, len(messages))
-        for i, m in enumerate(messages):
-            if isinstance(m, SidecarError):
-                pending.settle(i, m)
-                continue
-            try:
-                producer.produce(topic, m.value, m.key, m.partition,
-                                 on_delivery=partial(pending.report, i), headers=m.headers)
-            except BufferError:
-                pending.settle(i, LimitExceededError(
-                    f"target {name!r}: producer queue full, try again later"))
-            except KafkaException as e:
-                pending.settle(i, delivery_error(name, topic, e.args[0]))
+            return [UpstreamUnavailableError(f"target {name!r}: shutting down")] * count
+        pending = _Pending(loop, name, topic, count)
+        answer_at = loop.time() + time_left - min(_REPLY_MARGIN, time_left / 5)
+        await self._produce(producer, loop, pending, messages, answer_at)
         self._wake.set()
         done = pending.done
-        await asyncio.wait((done,), timeout=time_left - min(_REPLY_MARGIN, time_left / 5))
+        await asyncio.wait((done,), timeout=max(answer_at - loop.time(), 0))
         done.cancel()
         late = UpstreamUnavailableError(
             f"target {name!r} unreachable: no broker acknowledgement before the deadline"
@@ -208,6 +206,66 @@ class KafkaUpstream:
         if any(isinstance(r, Delivered) for r in pending.results):
             self._epochs = -1  # delivering: epoch bumps so far were not a stuck producer
         return [late if r is None else r for r in pending.results]
+
+    async def _produce(
+        self, producer: Producer, loop: asyncio.AbstractEventLoop, pending: _Pending,
+        messages: Iterable[OutgoingMessage | SidecarError], answer_at: float,
+    ) -> None:
+        """Hand every message to librdkafka, waiting while its queue is full for the
+        poller's delivery reports to free room; what it could not take by `answer_at`
+        (or once the producer is gone) is settled here as not sent."""
+        name, topic = self.target.name, pending.topic
+        unsent: SidecarError | None = None
+        for i, m in enumerate(messages):
+            if isinstance(m, SidecarError):
+                pending.settle(i, m)
+                continue
+            if unsent is not None:
+                pending.settle(i, unsent)
+                continue
+            report = partial(pending.report, i)
+            while True:
+                try:
+                    producer.produce(topic, m.value, m.key, m.partition,
+                                     on_delivery=report, headers=m.headers)
+                except BufferError:
+                    unsent = await self._room_for(producer, loop, answer_at)
+                    if unsent is None:
+                        continue
+                    pending.settle(i, unsent)
+                except KafkaException as e:
+                    pending.settle(i, delivery_error(name, topic, e.args[0]))
+                break
+            if i % _PRODUCE_SLICE == _PRODUCE_SLICE - 1:
+                self._wake.set()
+                await asyncio.sleep(0)  # other calls and the poller run between slices
+                unsent = self._gone(producer)
+
+    async def _room_for(
+        self, producer: Producer, loop: asyncio.AbstractEventLoop, answer_at: float
+    ) -> SidecarError | None:
+        """Wait for the poller to serve delivery reports (room in the queue), or for
+        `_ROOM_WAIT` at most; why the message cannot be sent, if it cannot."""
+        gone = self._gone(producer)
+        if gone is not None:
+            return gone
+        left = answer_at - loop.time()
+        if left <= 0:
+            return LimitExceededError(
+                f"target {self.target.name!r}: producer queue full, try again later")
+        room = self._room
+        if room is None or room.done():
+            room = self._room = loop.create_future()
+        self._wake.set()
+        await asyncio.wait((room,), timeout=min(left, _ROOM_WAIT))
+        return None
+
+    def _gone(self, producer: Producer) -> SidecarError | None:
+        """Why no more messages go to `producer`: closing, or replaced while a call ran."""
+        if self._closing or self._producer is not producer:
+            return UpstreamUnavailableError(
+                f"target {self.target.name!r}: not sent, the producer was closed or replaced")
+        return None
 
     def _new_producer(self) -> Producer:
         """A producer whose callbacks only count while it is the current one."""
@@ -233,9 +291,13 @@ class KafkaUpstream:
             producer = self._producer
             assert producer is not None
             try:
-                producer.poll(0)
+                served = producer.poll(0)
             except KafkaException as e:  # a fatal error surfaces here too: replace it
+                served = 0
                 self._replace(f"fatal error {e.args[0].name()}")
+            room = self._room
+            if served and room is not None and not room.done():
+                room.set_result(None)  # delivery reports freed queue room
             for old in list(self._retired):
                 with contextlib.suppress(KafkaException):
                     old.poll(0)
