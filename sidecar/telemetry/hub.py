@@ -39,8 +39,8 @@ class Telemetry:
 
             self.tracer = Tracer.from_config(config.telemetry.tracing)
         self.metrics_on = config.telemetry.metrics.enabled
-        # The histogram series of calls without extra attributes, looked up once.
-        self._series: dict[tuple[str, str, grpc.StatusCode], Series] = {}
+        # Histogram series by target, kind, status and extra attributes, looked up once.
+        self._series: dict[tuple[Any, ...], Series] = {}
         self._durations = {
             "grpc": self.metrics.rpc_duration,
             "http": self.metrics.http_duration,
@@ -69,7 +69,9 @@ class Telemetry:
         duration = time.monotonic() - started
         self.active[listener] -= 1
         if self.metrics_on and target is not None and kind is not None:
-            series = self._series.get((target, kind, status)) if attributes is None else None
+            key = (target, kind, status, None if attributes is None else
+                   tuple(attributes.items()))
+            series = self._series.get(key)
             if series is None:
                 attrs = {"sidecar.target": target, **(attributes or {})}
                 if kind == "grpc":
@@ -78,8 +80,8 @@ class Telemetry:
                 elif status is not grpc.StatusCode.OK:
                     attrs["error.type"] = status.name
                 series = self._durations[kind].series(attrs)
-                if attributes is None and len(self._series) < _MAX_CACHED_ATTRS:
-                    self._series[(target, kind, status)] = series
+                if len(self._series) < _MAX_CACHED_ATTRS:
+                    self._series[key] = series
             series.record(duration)
         if ctx.trace is not None:
             ctx.trace.end(target, status.name, status is not grpc.StatusCode.OK)
