@@ -68,7 +68,7 @@ def _publish_batch(d: Daemon, topic: str, n: int, timeout: float) -> Any:
         return sidecar_pb2_grpc.PublisherStub(ch).PublishBatch(request, timeout=timeout)
 
 
-def test_a_batch_of_250000_waits_for_queue_room_delivers_every_message_(
+def test_a_batch_of_250000_waits_for_queue_room_delivers_every_message_in_bounded_memory(
     daemon_factory: Callable[..., Daemon], short_dir: Path, broker: Broker
 ) -> None:
     """250,000 messages is 2.5 times librdkafka's default queue of 100,000: the batch
@@ -76,11 +76,14 @@ def test_a_batch_of_250000_waits_for_queue_room_delivers_every_message_(
     topic = broker.create_topic(partitions=3)
     d = daemon_factory(_config(short_dir, broker))
     _publish_batch(d, topic, 10, timeout=10)  # producer connected, code paths loaded
+    before = _rss(d)
     reply = _publish_batch(d, topic, BATCH, timeout=60)
+    grown = _rss(d, "VmHWM") - before
     assert len(reply.results) == BATCH
     errors = [r.error for r in reply.results if r.error]
     assert errors == [], f"{len(errors)} failed, the first: {errors[:1]}"
     assert _count(broker, topic, BATCH + 10) == BATCH + 10
+    assert grown < 128 * MiB, f"RSS grew {grown / MiB:.0f} MiB"
 
 
 def test_a_batch_larger_than_a_small_queue_is_delivered_in_order_of_the_results(

@@ -7,7 +7,7 @@ the call answers once the brokers acknowledged (or just before the deadline).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -59,12 +59,12 @@ async def _publish(
 ) -> Any:
     """One message: the brokers' partition and offset, or the call fails."""
     upstream.check_topic(request.topic)
-    message = _outgoing(upstream.target, request, _identity(ctx, upstream.target))
+    message = _outgoing(upstream.target, _identity(ctx, upstream.target))(request)
     if isinstance(message, SidecarError):
         ctx.end_attempt(str(message))
         raise message
     outcome = (await _send(upstream, telemetry, ctx, policy, deadline, request.topic,
-                           [message]))[0]
+                           (request,), (message,)))[0]
     if isinstance(outcome, SidecarError):
         raise outcome
     return sidecar_pb2.PublishResponse(
@@ -79,26 +79,29 @@ async def _publish_batch(
     """Many messages, pipelined: one result per message, in order; the call itself fails
     only when the brokers took none of them (then the results would carry no news)."""
     upstream.check_topic(request.topic)
-    identity = _identity(ctx, upstream.target)
-    messages = [_outgoing(upstream.target, m, identity) for m in request.messages]
-    outcomes = await _send(upstream, telemetry, ctx, policy, deadline, request.topic, messages)
+    requests = request.messages
+    outgoing = _outgoing(upstream.target, _identity(ctx, upstream.target))
+    outcomes = await _send(upstream, telemetry, ctx, policy, deadline, request.topic,
+                           requests, map(outgoing, requests))
     if not any(isinstance(o, Delivered) for o in outcomes):
         fault = next((o for o in outcomes if isinstance(o, UpstreamError)), None)
         if fault is not None:
             raise fault
-    return sidecar_pb2.PublishBatchResponse(results=[_result(o) for o in outcomes])
+    return _batch_response(outcomes)
 
 
 async def _send(
     upstream: KafkaUpstream, telemetry: Telemetry, ctx: CallContext, policy: TargetPolicy,
-    deadline: float, topic: str, messages: Sequence[OutgoingMessage | SidecarError],
+    deadline: float, topic: str, requests: Sequence[Any],
+    messages: Iterable[OutgoingMessage | SidecarError],
 ) -> list[Outcome]:
     """One attempt under the target's policy (breaker, deadline); never a second send.
+    `messages` are the `requests` as sent, walked once while they are enqueued.
     The attempt's span, when tracing, was begun by `_identity` (its id is in the headers)."""
     outcomes: list[Outcome] = []
 
     async def attempt(time_left: float) -> Attempt:
-        outcomes[:] = await upstream.publish(topic, messages, len(messages), time_left)
+        outcomes[:] = await upstream.publish(topic, messages, len(requests), time_left)
         return classify(outcomes)
 
     try:
@@ -106,11 +109,13 @@ async def _send(
     finally:
         failed = next((o for o in outcomes if isinstance(o, UpstreamError)), None)
         ctx.end_attempt(None if failed is None else str(failed))
-    delivered = [m for m, o in zip(messages, outcomes, strict=False)
-                 if isinstance(o, Delivered) and isinstance(m, OutgoingMessage)]
+    delivered = sent_bytes = 0
+    for m, o in zip(requests, outcomes, strict=False):
+        if isinstance(o, Delivered):
+            delivered += 1
+            sent_bytes += len(m.value)
     if delivered:
-        telemetry.messages_sent(upstream.target.name, topic, len(delivered),
-                                sum(len(m.value) for m in delivered))
+        telemetry.messages_sent(upstream.target.name, topic, delivered, sent_bytes)
     return outcomes
 
 
@@ -127,31 +132,54 @@ def _identity(ctx: CallContext, target: KafkaTarget) -> tuple[Headers, frozenset
 
 
 def _outgoing(
-    target: KafkaTarget, m: Any, identity: tuple[Headers, frozenset[str]]
-) -> OutgoingMessage | SidecarError:
-    """A PublishRequest's or BatchMessage's message as sent, or why it is refused.
+    target: KafkaTarget, identity: tuple[Headers, frozenset[str]]
+) -> Callable[[Any], OutgoingMessage | SidecarError]:
+    """What turns a PublishRequest's or BatchMessage's message into the message as sent,
+    or why it is refused; what every message of the call shares is bound once here.
 
     The caller's headers are kept except those named like an injected one (so
     a caller cannot pose as another user); the size counted against
-    `max_message_bytes` is key, value and the caller's headers.
+    `max_message_bytes` is key, value and the caller's headers. A message
+    without headers of its own shares the call's injected list (librdkafka
+    copies headers at produce time).
     """
     injected, reserved = identity
-    explicit = m.HasField("partition")
-    if explicit and m.partition < 0:
-        return InvalidRequestError(f"target {target.name!r}: partition {m.partition} is negative")
-    headers: Headers = [(h.name, h.value) for h in m.headers if h.name.lower() not in reserved]
-    size = len(m.key) + len(m.value) + sum(len(h.name) + len(h.value.encode())
-                                           for h in m.headers)
-    if size > target.max_message_bytes:
-        return LimitExceededError(
-            f"target {target.name!r}: message of {size} bytes is over the "
-            f"{target.max_message_bytes}-byte limit (max_message_bytes)"
-        )
-    headers.extend(injected)
-    return OutgoingMessage(m.key or None, m.value, headers, m.partition if explicit else -1)
+    name, limit = target.name, target.max_message_bytes
+
+    def outgoing(m: Any) -> OutgoingMessage | SidecarError:
+        key, value, own = m.key, m.value, m.headers
+        if m.HasField("partition"):
+            partition = m.partition
+            if partition < 0:
+                return InvalidRequestError(f"target {name!r}: partition {partition} is negative")
+        else:
+            partition = -1
+        size = len(key) + len(value)
+        headers = injected
+        if own:
+            headers = [(h.name, h.value) for h in own if h.name.lower() not in reserved]
+            headers += injected
+            size += sum(len(h.name) + len(h.value.encode()) for h in own)
+        if size > limit:
+            return LimitExceededError(f"target {name!r}: message of {size} bytes is over the "
+                                      f"{limit}-byte limit (max_message_bytes)")
+        return OutgoingMessage(key or None, value, headers, partition)
+
+    return outgoing
 
 
-def _result(outcome: Outcome) -> Any:
-    if isinstance(outcome, Delivered):
-        return sidecar_pb2.PublishResult(partition=outcome.partition, offset=outcome.offset)
-    return sidecar_pb2.PublishResult(error=f"{outcome.grpc_status.name}: {outcome}")
+def _batch_response(outcomes: Sequence[Outcome]) -> Any:
+    """One result per message, added in place (no standalone message per result); an
+    error shared by many messages is formatted once."""
+    response = sidecar_pb2.PublishBatchResponse()
+    add = response.results.add
+    texts: dict[SidecarError, str] = {}
+    for o in outcomes:
+        if isinstance(o, Delivered):
+            add(partition=o.partition, offset=o.offset)
+        else:
+            text = texts.get(o)
+            if text is None:
+                text = texts[o] = f"{o.grpc_status.name}: {o}"
+            add(error=text)
+    return response
