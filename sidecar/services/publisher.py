@@ -16,11 +16,11 @@ import grpc
 from sidecar._generated import sidecar_pb2, sidecar_pb2_grpc
 from sidecar.config import KafkaTarget
 from sidecar.context import CallContext
-from sidecar.errors import InvalidRequestError, LimitExceededError, SidecarError, UpstreamError
+from sidecar.errors import InvalidRequestError, LimitExceededError, SidecarError
 from sidecar.resilience.policy import Attempt, TargetPolicy
 from sidecar.services.api_call import ApiService
 from sidecar.telemetry.hub import Telemetry
-from sidecar.upstreams.kafka_messages import Delivered, Outcome, OutgoingMessage, classify
+from sidecar.upstreams.kafka_messages import Outcomes, OutgoingMessage, classify
 
 if TYPE_CHECKING:  # confluent-kafka is loaded with the first kafka target
     from sidecar.upstreams.kafka import KafkaUpstream
@@ -83,8 +83,8 @@ async def _publish_batch(
     outgoing = _outgoing(upstream.target, _identity(ctx, upstream.target))
     outcomes = await _send(upstream, telemetry, ctx, policy, deadline, request.topic,
                            requests, map(outgoing, requests))
-    if not any(isinstance(o, Delivered) for o in outcomes):
-        fault = next((o for o in outcomes if isinstance(o, UpstreamError)), None)
+    if not outcomes.delivered:
+        fault = outcomes.fault()
         if fault is not None:
             raise fault
     return _batch_response(outcomes)
@@ -94,27 +94,26 @@ async def _send(
     upstream: KafkaUpstream, telemetry: Telemetry, ctx: CallContext, policy: TargetPolicy,
     deadline: float, topic: str, requests: Sequence[Any],
     messages: Iterable[OutgoingMessage | SidecarError],
-) -> list[Outcome]:
+) -> Outcomes:
     """One attempt under the target's policy (breaker, deadline); never a second send.
     `messages` are the `requests` as sent, walked once while they are enqueued.
     The attempt's span, when tracing, was begun by `_identity` (its id is in the headers)."""
-    outcomes: list[Outcome] = []
+    made: list[Outcomes] = []  # the attempt's, once it ran
 
     async def attempt(time_left: float) -> Attempt:
-        outcomes[:] = await upstream.publish(topic, messages, len(requests), time_left)
-        return classify(outcomes)
+        made.append(await upstream.publish(topic, messages, len(requests), time_left))
+        return classify(made[-1])
 
     try:
         await policy.run(deadline, attempt)
     finally:
-        failed = next((o for o in outcomes if isinstance(o, UpstreamError)), None)
+        failed = made[-1].fault() if made else None
         ctx.end_attempt(None if failed is None else str(failed))
-    delivered = sent_bytes = 0
-    for m, o in zip(requests, outcomes, strict=False):
-        if isinstance(o, Delivered):
-            delivered += 1
-            sent_bytes += len(m.value)
+    outcomes = made[-1]
+    delivered = outcomes.delivered
     if delivered:
+        errors = outcomes.errors
+        sent_bytes = sum(len(m.value) for i, m in enumerate(requests) if i not in errors)
         telemetry.messages_sent(upstream.target.name, topic, delivered, sent_bytes)
     return outcomes
 
@@ -168,18 +167,21 @@ def _outgoing(
     return outgoing
 
 
-def _batch_response(outcomes: Sequence[Outcome]) -> Any:
+def _batch_response(outcomes: Outcomes) -> Any:
     """One result per message, added in place (no standalone message per result); an
     error shared by many messages is formatted once."""
     response = sidecar_pb2.PublishBatchResponse()
     add = response.results.add
+    errors = outcomes.errors
     texts: dict[SidecarError, str] = {}
-    for o in outcomes:
-        if isinstance(o, Delivered):
-            add(partition=o.partition, offset=o.offset)
+    for i, (partition, offset) in enumerate(zip(outcomes.partitions, outcomes.offsets,
+                                                strict=True)):
+        error = errors.get(i) if errors else None
+        if error is None:
+            add(partition=partition, offset=offset)
         else:
-            text = texts.get(o)
+            text = texts.get(error)
             if text is None:
-                text = texts[o] = f"{o.grpc_status.name}: {o}"
+                text = texts[error] = f"{error.grpc_status.name}: {error}"
             add(error=text)
     return response

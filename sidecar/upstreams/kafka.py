@@ -37,9 +37,15 @@ from sidecar.errors import (
     UpstreamUnavailableError,
 )
 from sidecar.telemetry.redaction import NO_SECRETS, Redactor
-from sidecar.upstreams.kafka_messages import Delivered, Outcome, OutgoingMessage, classify
+from sidecar.upstreams.kafka_messages import (
+    Delivered,
+    Outcome,
+    Outcomes,
+    OutgoingMessage,
+    classify,
+)
 
-__all__ = ["Delivered", "KafkaUpstream", "Outcome", "OutgoingMessage", "classify"]
+__all__ = ["Delivered", "KafkaUpstream", "Outcome", "Outcomes", "OutgoingMessage", "classify"]
 
 log = logging.getLogger("sidecar.kafka")
 
@@ -71,28 +77,37 @@ _DOWN_REASONS = {
 
 
 class _Pending:
-    """One call's outcomes, one per message, complete once every message has one."""
+    """One call's outcomes, one per message, complete once every message has one;
+    reports after the call answered (`done` cancelled) are not recorded."""
 
     __slots__ = ("done", "left", "results", "target", "topic")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, target: str, topic: str, n: int) -> None:
         self.target = target
         self.topic = topic
-        self.results: list[Outcome | None] = [None] * n
+        self.results = Outcomes(n)
         self.left = n
         self.done: asyncio.Future[None] = loop.create_future()
 
     def report(self, index: int, err: KafkaError | None, msg: Message) -> None:
         """librdkafka's delivery callback."""
+        if self.done.done():
+            return
         if err is None:
-            self.settle(index, Delivered(msg.partition() or 0, msg.offset() or 0))
+            self.results.deliver(index, msg.partition() or 0, msg.offset() or 0)
+            self._count()
         else:
             self.settle(index, delivery_error(self.target, self.topic, err))
 
-    def settle(self, index: int, outcome: Outcome) -> None:
-        self.results[index] = outcome
+    def settle(self, index: int, error: SidecarError) -> None:
+        if self.done.done():
+            return
+        self.results.errors[index] = error
+        self._count()
+
+    def _count(self) -> None:
         self.left -= 1
-        if self.left == 0 and not self.done.done():  # done: the deadline came first
+        if self.left == 0:
             self.done.set_result(None)
 
 
@@ -173,7 +188,7 @@ class KafkaUpstream:
     async def publish(
         self, topic: str, messages: Iterable[OutgoingMessage | SidecarError], count: int,
         time_left: float,
-    ) -> list[Outcome]:
+    ) -> Outcomes:
         """Enqueue the `count` messages (pipelined) and wait for the brokers' acknowledgements.
 
         `messages` is walked once, as the producer's queue takes them: when it is
@@ -188,9 +203,11 @@ class KafkaUpstream:
         name = self.target.name
         producer, loop = self._producer, self._loop
         if time_left <= 0:
-            return [UpstreamTimeoutError(f"target {name!r}: deadline exceeded")] * count
+            return Outcomes.failed(count, UpstreamTimeoutError(
+                f"target {name!r}: deadline exceeded"))
         if producer is None or loop is None or self._closing:
-            return [UpstreamUnavailableError(f"target {name!r}: shutting down")] * count
+            return Outcomes.failed(count, UpstreamUnavailableError(
+                f"target {name!r}: shutting down"))
         pending = _Pending(loop, name, topic, count)
         answer_at = loop.time() + time_left - min(_REPLY_MARGIN, time_left / 5)
         await self._produce(producer, loop, pending, messages, answer_at)
@@ -198,14 +215,16 @@ class KafkaUpstream:
         done = pending.done
         await asyncio.wait((done,), timeout=max(answer_at - loop.time(), 0))
         done.cancel()
-        late = UpstreamUnavailableError(
-            f"target {name!r} unreachable: no broker acknowledgement before the deadline"
-            f"{f' ({self._down_reason})' if self._down_reason else ''}; "
-            "the message may still be delivered"
-        )
-        if any(isinstance(r, Delivered) for r in pending.results):
+        outcomes = pending.results
+        if pending.left:
+            outcomes.fill(UpstreamUnavailableError(
+                f"target {name!r} unreachable: no broker acknowledgement before the deadline"
+                f"{f' ({self._down_reason})' if self._down_reason else ''}; "
+                "the message may still be delivered"
+            ))
+        if outcomes.delivered:
             self._epochs = -1  # delivering: epoch bumps so far were not a stuck producer
-        return [late if r is None else r for r in pending.results]
+        return outcomes
 
     async def _produce(
         self, producer: Producer, loop: asyncio.AbstractEventLoop, pending: _Pending,

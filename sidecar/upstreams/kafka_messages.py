@@ -3,7 +3,8 @@ uses these, so confluent-kafka is loaded with the first kafka target, not by eve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from sidecar.errors import SidecarError, UpstreamError
@@ -23,11 +24,58 @@ class OutgoingMessage(NamedTuple):
 
 
 Outcome = Delivered | SidecarError
+_UNSET = -(2**63)  # no offset yet (librdkafka's own "no offset" values are small negatives)
 
 
-def classify(outcomes: Sequence[Outcome]) -> Attempt:
+class Outcomes:
+    """One call's outcomes, one per message in order, without an object per delivered
+    message: partitions and offsets in arrays, failures by index."""
+
+    __slots__ = ("delivered", "errors", "offsets", "partitions")
+
+    def __init__(self, n: int) -> None:
+        self.partitions = array("i", bytes(4 * n))
+        self.offsets = array("q", [_UNSET]) * n
+        self.errors: dict[int, SidecarError] = {}
+        self.delivered = 0
+
+    @classmethod
+    def failed(cls, n: int, error: SidecarError) -> Outcomes:
+        outcomes = cls(n)
+        outcomes.errors = dict.fromkeys(range(n), error)
+        return outcomes
+
+    def deliver(self, index: int, partition: int, offset: int) -> None:
+        self.partitions[index] = partition
+        self.offsets[index] = offset
+        self.delivered += 1
+
+    def fill(self, error: SidecarError) -> None:
+        """`error` for every message that has no outcome yet."""
+        errors, offsets = self.errors, self.offsets
+        for i, offset in enumerate(offsets):
+            if offset == _UNSET and i not in errors:
+                errors[i] = error
+
+    def fault(self) -> UpstreamError | None:
+        """The first broker failure, if any."""
+        return next((e for e in self.errors.values() if isinstance(e, UpstreamError)), None)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, index: int) -> Outcome:
+        error = self.errors.get(index)
+        if error is not None:
+            return error
+        return Delivered(self.partitions[index], self.offsets[index])
+
+    def __iter__(self) -> Iterator[Outcome]:
+        return (self[i] for i in range(len(self.offsets)))
+
+
+def classify(outcomes: Outcomes) -> Attempt:
     """One call's outcomes for the resilience layer: never retried (librdkafka already
     retried; a second send could duplicate), broker failures count for the breaker."""
-    fault = any(isinstance(o, UpstreamError) for o in outcomes)
-    ok = all(isinstance(o, Delivered) for o in outcomes)
-    return Attempt(ok=ok, fault=fault, retryable=False)
+    ok = outcomes.delivered == len(outcomes)
+    return Attempt(ok=ok, fault=outcomes.fault() is not None, retryable=False)
