@@ -210,11 +210,13 @@ class KafkaUpstream:
                 f"target {name!r}: shutting down"))
         pending = _Pending(loop, name, topic, count)
         answer_at = loop.time() + time_left - min(_REPLY_MARGIN, time_left / 5)
-        await self._produce(producer, loop, pending, messages, answer_at)
-        self._wake.set()
         done = pending.done
-        await asyncio.wait((done,), timeout=max(answer_at - loop.time(), 0))
-        done.cancel()
+        try:
+            await self._produce(producer, loop, pending, messages, answer_at)
+            self._wake.set()
+            await asyncio.wait((done,), timeout=max(answer_at - loop.time(), 0))
+        finally:
+            done.cancel()  # answered (or cancelled): later reports are not recorded
         outcomes = pending.results
         if pending.left:
             outcomes.fill(UpstreamUnavailableError(
