@@ -6,9 +6,10 @@ re-publishes. Everything runs on the event loop, none of it blocking:
 `produce()` only enqueues, and a poller task serves delivery reports, stats
 and logs with `poll(0)`, every millisecond while messages are out. (A thread
 blocked in `poll()` would take the GIL once per delivery report, waiting out
-the interpreter's 5 ms switch interval each time the loop is busy.)
-Delivery errors become our errors naming the target here; nothing above
-this module sees a librdkafka type. librdkafka's own log lines and error
+the interpreter's 5 ms switch interval each time the loop is busy.) A call
+whose messages do not fit in the producer's queue waits for those reports to
+free room, up to its deadline. Delivery errors become our errors naming the
+target here; nothing above this module sees a librdkafka type. librdkafka's own log lines and error
 strings quote configured values (a broker address at debug level): every one
 passes through the runtime's `Redactor` before it is logged or shown.
 """
@@ -50,9 +51,9 @@ __all__ = ["Delivered", "KafkaUpstream", "Outcome", "Outcomes", "OutgoingMessage
 log = logging.getLogger("sidecar.kafka")
 
 _BUSY_POLL = 0.001  # seconds between polls while messages await delivery reports
+_IDLE_POLL = 0.1  # ... and while none do (stats, logs, errors)
 _ROOM_WAIT = 0.05  # longest wait for queue room before trying produce() again anyway
 _PRODUCE_SLICE = 1000  # messages a call enqueues before letting the loop run
-_IDLE_POLL = 0.1  # ... and while none do (stats, logs, errors)
 _STATS_MS = 1000  # broker states for health(), and the stuck-producer check
 _QUEUE_MESSAGES = 100_000  # librdkafka's own default; the byte bound below is ours
 _QUEUE_KBYTES = 64 * 1024
