@@ -28,7 +28,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar._generated import sidecar_pb2, sidecar_pb2_grpc
 
 from _cli import add_window_options, run_bench
-from _load import WATCHDOG_SLACK, LoadResult, Meter, _parse, _read_line, _release
+from _load import (
+    WATCHDOG_SLACK,
+    LoadResult,
+    Meter,
+    _parse,
+    _read_line,
+    _release,
+    children_cpu,
+    h2load_elapsed,
+)
 from _procs import BenchError, Child, running, wait_ready
 from _report import Sample, Summary, _cell, _table, sample_of, summarize, summary_table
 
@@ -88,6 +97,7 @@ class Options:
     warmup: float
     payload: int
     upstream: str
+    load: str
     json_path: Path | None
 
 
@@ -96,11 +106,14 @@ def parse_args(argv: list[str] | None) -> Options:
     add_window_options(p)
     p.add_argument("--payload", type=int, default=256, help="response body bytes of GET /item")
     p.add_argument("--upstream", choices=UPSTREAMS, default="aiohttp")
+    p.add_argument("--load", choices=("python", "h2load"), default="python",
+                   help="h2load: `h2load --h1` (C connections) straight at the upstream, "
+                        "h2load posting gRPC frames (C streams, one connection) to the daemon")
     a = p.parse_args(argv)
     if a.rounds < 1 or a.seconds <= 0 or a.warmup < 0 or a.payload < 0:
         p.error("--rounds must be >= 1, --seconds > 0, the rest >= 0")
     return Options(a.concurrency, a.seconds, a.rounds, a.warmup, a.payload, a.upstream,
-                   a.json_path)
+                   a.load, a.json_path)
 
 
 # --- readiness probes ---------------------------------------------------------------------
@@ -187,6 +200,53 @@ class Window:
 
 
 def measure(opts: Options, window: Window, meter: Meter, work: Path) -> LoadResult:
+    """One window of the chosen load generator between meter reads."""
+    if opts.load == "h2load":
+        return _h2load_window(opts, window, meter, work)
+    return _python_window(opts, window, meter, work)
+
+
+def _h2load_window(opts: Options, window: Window, meter: Meter, work: Path) -> LoadResult:
+    """h2load, warmed up then measured: HTTP/1.1 over `concurrency` connections to the
+    upstream, or gRPC over one connection with `concurrency` streams to the daemon (h2load
+    checks the HTTP status only; the daemon's answers were checked at start)."""
+    if window.path == "direct":
+        argv = ["h2load", "--h1", "-t1", f"-c{window.concurrency}", "-m1", window.target]
+    else:
+        message = work / "http_request.bin"
+        request = sidecar_pb2.HttpRequest(target=TARGET, method="GET", path=ITEM)
+        body = request.SerializeToString()
+        message.write_bytes(b"\x00" + len(body).to_bytes(4, "big") + body)
+        argv = ["h2load", f"--base-uri={window.target}", "-t1", "-c1",
+                f"-m{window.concurrency}", f"--data={message}",
+                "-H", "content-type: application/grpc", "-H", "te: trailers",
+                "http://localhost/sidecar.v1.HttpProxy/Call"]
+    log = work / "h2load.log"
+
+    def run_for(seconds: float, *extra: str) -> str:
+        done = subprocess.run([*argv[:1], f"-D{round(seconds * 1000)}ms", *extra, *argv[1:]],
+                              capture_output=True, text=True,
+                              timeout=seconds + WATCHDOG_SLACK, check=True)
+        return done.stdout
+
+    run_for(opts.warmup)
+    log.unlink(missing_ok=True)
+    load_cpu = children_cpu()
+    meter.start()
+    stdout = run_for(opts.seconds, f"--log-file={log}")
+    usage = meter.stop()
+    rows = [line.split("\t") for line in log.read_text().splitlines()]
+    result = LoadResult(
+        calls=sum(1 for row in rows if row[1] == "200"),
+        errors=sum(1 for row in rows if row[1] != "200"),
+        elapsed=h2load_elapsed(stdout), load_cpu=children_cpu() - load_cpu,
+        latencies_us=[int(row[2]) for row in rows if row[1] == "200"])
+    result.cpu, result.host_busy = usage
+    result.rss_mb = meter.rss_mb()
+    return result
+
+
+def _python_window(opts: Options, window: Window, meter: Meter, work: Path) -> LoadResult:
     """One `_http_loadgen.py` process: warm up, then one measured window between meter reads."""
     argv = [sys.executable, str(LOADGEN), window.path, window.target, str(window.concurrency),
             str(opts.seconds), str(opts.warmup), str(opts.payload)]
@@ -203,6 +263,7 @@ def measure(opts: Options, window: Window, meter: Meter, work: Path) -> LoadResu
             watchdog.cancel()
     result = _parse(line)
     result.cpu, result.host_busy = usage
+    result.rss_mb = meter.rss_mb()
     return result
 
 
@@ -271,7 +332,7 @@ def report(opts: Options, samples: list[Sample]) -> dict[str, object]:
         compare(summaries["direct", c], summaries["daemon", c]) for c in opts.concurrency
     ]
     print(f"\nGET {ITEM} ({opts.payload} B body) over TCP loopback; upstream: {opts.upstream};"
-          f" daemon via HttpProxy.Call over UDS; load: python x1; {opts.rounds} rounds"
+          f" daemon via HttpProxy.Call over UDS; load: {opts.load}; {opts.rounds} rounds"
           f" x {opts.seconds:g} s; {os.cpu_count()} CPUs; medians across rounds\n")
     print(summary_table(list(summaries.values())))
     print("\n+p50/+p99: daemon minus direct.  CPU ms/1k: that process's CPU per 1000 calls.\n")
@@ -290,6 +351,8 @@ def report(opts: Options, samples: list[Sample]) -> dict[str, object]:
 def _preflight(opts: Options) -> None:
     if opts.upstream == "nginx" and not shutil.which("nginx"):
         raise BenchError("not installed: nginx (apt-get install -y nginx-light)")
+    if opts.load == "h2load" and not shutil.which("h2load"):
+        raise BenchError("not installed: h2load (apt-get install -y nghttp2-client)")
 
 
 def run(opts: Options, work: Path) -> list[Sample]:
