@@ -110,11 +110,9 @@ async def _send(
         failed = made[-1].fault() if made else None
         ctx.end_attempt(None if failed is None else str(failed))
     outcomes = made[-1]
-    delivered = outcomes.delivered
-    if delivered:
-        errors = outcomes.errors
-        sent_bytes = sum(len(m.value) for i, m in enumerate(requests) if i not in errors)
-        telemetry.messages_sent(upstream.target.name, topic, delivered, sent_bytes)
+    if outcomes.delivered:
+        telemetry.messages_sent(upstream.target.name, topic, outcomes.delivered,
+                                outcomes.delivered_bytes)
     return outcomes
 
 

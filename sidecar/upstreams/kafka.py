@@ -95,7 +95,7 @@ class _Pending:
         if self.done.done():
             return
         if err is None:
-            self.results.deliver(index, msg.partition() or 0, msg.offset() or 0)
+            self.results.deliver(index, msg.partition() or 0, msg.offset() or 0, len(msg))
             self._count()
         else:
             self.settle(index, delivery_error(self.target, self.topic, err))

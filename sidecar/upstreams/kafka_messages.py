@@ -29,15 +29,16 @@ _UNSET = -(2**63)  # no offset yet (librdkafka's own "no offset" values are smal
 
 class Outcomes:
     """One call's outcomes, one per message in order, without an object per delivered
-    message: partitions and offsets in arrays, failures by index."""
+    message: partitions and offsets in arrays, failures by index; `delivered` and
+    `delivered_bytes` (of values) count the acknowledged ones."""
 
-    __slots__ = ("delivered", "errors", "offsets", "partitions")
+    __slots__ = ("delivered", "delivered_bytes", "errors", "offsets", "partitions")
 
     def __init__(self, n: int) -> None:
         self.partitions = array("i", bytes(4 * n))
         self.offsets = array("q", [_UNSET]) * n
         self.errors: dict[int, SidecarError] = {}
-        self.delivered = 0
+        self.delivered = self.delivered_bytes = 0
 
     @classmethod
     def failed(cls, n: int, error: SidecarError) -> Outcomes:
@@ -45,10 +46,11 @@ class Outcomes:
         outcomes.errors = dict.fromkeys(range(n), error)
         return outcomes
 
-    def deliver(self, index: int, partition: int, offset: int) -> None:
+    def deliver(self, index: int, partition: int, offset: int, value_bytes: int) -> None:
         self.partitions[index] = partition
         self.offsets[index] = offset
         self.delivered += 1
+        self.delivered_bytes += value_bytes
 
     def fill(self, error: SidecarError) -> None:
         """`error` for every message that has no outcome yet."""
