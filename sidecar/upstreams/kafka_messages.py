@@ -4,7 +4,6 @@ uses these, so confluent-kafka is loaded with the first kafka target, not by eve
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator
 from typing import NamedTuple
 
 from sidecar.errors import SidecarError, UpstreamError
@@ -60,7 +59,7 @@ class Outcomes:
                 errors[i] = error
 
     def fault(self) -> UpstreamError | None:
-        """The first broker failure, if any."""
+        """A broker failure among the outcomes (the first recorded), if any."""
         return next((e for e in self.errors.values() if isinstance(e, UpstreamError)), None)
 
     def __len__(self) -> int:
@@ -71,9 +70,6 @@ class Outcomes:
         if error is not None:
             return error
         return Delivered(self.partitions[index], self.offsets[index])
-
-    def __iter__(self) -> Iterator[Outcome]:
-        return (self[i] for i in range(len(self.offsets)))
 
 
 def classify(outcomes: Outcomes) -> Attempt:
