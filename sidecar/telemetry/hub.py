@@ -95,10 +95,7 @@ class Telemetry:
     def messages_sent(self, target: str, topic: str, count: int, size: int) -> None:
         if not self.metrics_on:
             return
-        attrs = {"sidecar.target": target, "messaging.system": "kafka",
-                 "messaging.destination.name": topic}
-        self.metrics.sent_messages.add(count, attrs)
-        self.metrics.sent_bytes.add(size, attrs)
+        self.metrics.count_sent(target, topic, count, size)
 
     def shutdown(self) -> None:
         if self.tracer is not None:
