@@ -480,13 +480,14 @@ def _caller_metadata(
         if name in _TRANSPORT:
             transport.append((name, value))
         elif name == b"grpc-timeout":
-            timeout = _parse_timeout(value)
+            timeout = parse_timeout(value)
         else:
             metadata.append((name.decode("latin-1"), value.decode("latin-1")))
     return metadata, timeout, transport
 
 
-def _parse_timeout(value: bytes) -> float | None:
+def parse_timeout(value: bytes) -> float | None:
+    """A `grpc-timeout` value in seconds; None when it is not one."""
     unit = _UNITS.get(value[-1:])
     digits = value[:-1]
     if unit is None or not digits.isdigit() or len(digits) > 8:

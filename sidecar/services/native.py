@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from sidecar.engine.events import Headers
 from sidecar.engine.relay import error_block
 from sidecar.services.api_call import DEADLINE_CANCEL
+from sidecar.services.frame_proxy import parse_timeout
 
 if TYPE_CHECKING:
     from sidecar.engine.server import CallerConnection
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sidecar.native")
 
 _PREFIX = struct.Struct(">BI")  # gRPC message framing: compressed flag, length
-_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 _RESPONSE_HEADERS: Headers = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 _OK_TRAILERS: Headers = [(b"grpc-status", b"0")]
 _DEADLINE_SLACK = 0.05  # seconds past the caller's deadline before we answer for the handler
@@ -242,7 +242,7 @@ def _caller_metadata(headers: Headers) -> tuple[list[tuple[str, str | bytes]], f
         if name[:1] == b":":
             continue
         if name == b"grpc-timeout":
-            timeout = _parse_timeout(value)
+            timeout = parse_timeout(value)
         elif name.endswith(b"-bin"):
             try:
                 metadata.append((name.decode("latin-1"), base64.b64decode(value + b"==")))
@@ -252,14 +252,6 @@ def _caller_metadata(headers: Headers) -> tuple[list[tuple[str, str | bytes]], f
                           b"grpc-encoding"):
             metadata.append((name.decode("latin-1"), value.decode("latin-1")))
     return metadata, timeout
-
-
-def _parse_timeout(value: bytes) -> float | None:
-    unit = _UNITS.get(value[-1:])
-    digits = value[:-1]
-    if unit is None or not digits.isdigit() or len(digits) > 8:
-        return None
-    return int(digits) * unit
 
 
 def methods(http: Any, publisher: Any, health: Any) -> dict[bytes, tuple[str, Method]]:
