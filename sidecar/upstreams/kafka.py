@@ -38,6 +38,12 @@ from sidecar.errors import (
     UpstreamUnavailableError,
 )
 from sidecar.telemetry.redaction import NO_SECRETS, Redactor
+from sidecar.upstreams.kafka_config import (
+    delivery_error,
+    producer_config,
+    producer_problems,
+    redact_config_values,
+)
 from sidecar.upstreams.kafka_messages import (
     Delivered,
     Outcome,
@@ -46,7 +52,8 @@ from sidecar.upstreams.kafka_messages import (
     classify,
 )
 
-__all__ = ["Delivered", "KafkaUpstream", "Outcome", "Outcomes", "OutgoingMessage", "classify"]
+__all__ = ["Delivered", "KafkaUpstream", "Outcome", "Outcomes", "OutgoingMessage", "classify",
+           "producer_config", "producer_problems"]
 
 log = logging.getLogger("sidecar.kafka")
 
@@ -54,21 +61,13 @@ _BUSY_POLL = 0.001  # seconds between polls while messages await delivery report
 _IDLE_POLL = 0.1  # ... and while none do (stats, logs, errors)
 _ROOM_WAIT = 0.05  # longest wait for queue room before trying produce() again anyway
 _PRODUCE_SLICE = 1000  # messages a call enqueues before letting the loop run
-_STATS_MS = 1000  # broker states for health(), and the stuck-producer check
-_QUEUE_MESSAGES = 100_000  # librdkafka's own default; the byte bound below is ours
-_QUEUE_KBYTES = 64 * 1024
-_FRAMING = 64 * 1024  # message.max.bytes headroom over max_message_bytes (record framing)
 # Producer-epoch bumps with no delivery in between: the brokers keep refusing our
 # producer id (a broker that lost its state), whatever the rate of bumps.
 _STUCK_EPOCH_BUMPS = 5
-_RECONNECT_MAX_MS = 2000  # librdkafka's 10 s default would delay recovery after an outage
 # Seconds before the caller's deadline we answer ourselves (at most a fifth of the time
 # left): enough for the answer to reach the caller on a busy machine.
 _REPLY_MARGIN = 0.2
 _CONNECTED = frozenset({"UP", "UPDATE"})
-_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
-_TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE})
-_NO_TOPIC = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
 _DOWN_REASONS = {
     KafkaError._ALL_BROKERS_DOWN: "all brokers down",
     KafkaError._RESOLVE: "broker name not resolved",
@@ -317,7 +316,7 @@ class KafkaUpstream:
             return Producer(config)
         except KafkaException as e:
             # from None: the library's text may quote a config value (a password).
-            reason = self._redact(_redact(str(e.args[0].str()), self.target))
+            reason = self._redact(redact_config_values(str(e.args[0].str()), self.target))
             raise ConfigError([f"targets.{self.target.name}.producer: {reason}"]) from None
 
     async def _poll(self) -> None:
@@ -410,76 +409,3 @@ class _ClientLog:
         if log.isEnabledFor(level):
             text = fmt % args if args else fmt  # formatted first: values hide in args
             log.log(level, "%s", self._redact(text), extra=self._extra)
-
-
-def producer_problems(target: KafkaTarget) -> list[str]:
-    """What librdkafka refuses in a target's producer settings, without connecting
-    (for `check-config`); values are never quoted."""
-    config = {**producer_config(target), "logger": _Silent()}
-    config.pop("bootstrap.servers", None)  # a producer with no brokers never connects
-    try:
-        Producer(config)
-    except KafkaException as e:
-        reason = _redact(str(e.args[0].str()), target)
-        return [f"targets.{target.name}.producer: {reason}"]
-    return []
-
-
-class _Silent:
-    """Drops librdkafka's log lines (a validation-only producer has nothing to say)."""
-
-    def log(self, level: int, fmt: str, *args: Any) -> None:
-        return None
-
-
-def producer_config(target: KafkaTarget) -> dict[str, Any]:
-    """librdkafka settings from the target; `producer.config` pairs apply last."""
-    p = target.producer
-    config: dict[str, Any] = {
-        "bootstrap.servers": ",".join(target.bootstrap_servers),
-        "client.id": f"sidecar-{target.name}",
-        "acks": p.acks,
-        "enable.idempotence": p.idempotence,
-        "linger.ms": p.linger * 1000,
-        "compression.type": p.compression,
-        "message.timeout.ms": max(int(p.delivery_timeout * 1000), 1),
-        "message.max.bytes": min(max(target.max_message_bytes + _FRAMING, 1_000_000),
-                                 1_000_000_000),
-        "queue.buffering.max.messages": _QUEUE_MESSAGES,
-        "queue.buffering.max.kbytes": max(_QUEUE_KBYTES, 2 * target.max_message_bytes // 1024),
-        "statistics.interval.ms": _STATS_MS,
-        "reconnect.backoff.max.ms": _RECONNECT_MAX_MS,
-    }
-    config.update(p.config)
-    return config
-
-
-def delivery_error(target: str, topic: str, err: KafkaError) -> SidecarError:
-    """Our error for a message librdkafka could not deliver (or enqueue)."""
-    code = err.code()
-    where = f"target {target!r}"
-    if code == KafkaError._MSG_TIMED_OUT:
-        return UpstreamUnavailableError(
-            f"{where} unreachable: not acknowledged within producer.delivery_timeout")
-    if code in _TOO_LARGE:
-        return LimitExceededError(f"{where}: message too large for the brokers")
-    if code == KafkaError._QUEUE_FULL:
-        return LimitExceededError(f"{where}: producer queue full, try again later")
-    if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
-        return PermissionDeniedError(f"{where}: the brokers refuse writes to topic {topic!r}")
-    if code in _NO_TOPIC:
-        return InvalidRequestError(f"{where}: topic {topic!r} does not exist")
-    if code == KafkaError._UNKNOWN_PARTITION:
-        return InvalidRequestError(f"{where}: no such partition of topic {topic!r}")
-    if code in _PURGED:
-        return UpstreamUnavailableError(f"{where}: not sent, the producer was closed or replaced")
-    return UpstreamUnavailableError(f"{where}: not delivered: {err.name()}")
-
-
-def _redact(text: str, target: KafkaTarget) -> str:
-    """The text with every configured producer value blanked out."""
-    for _, value in target.producer.config:
-        if value:
-            text = text.replace(value, "***")
-    return text
-
