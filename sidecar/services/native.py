@@ -85,7 +85,7 @@ class NativeUnary:
     """One caller stream of a unary method the daemon answers itself."""
 
     __slots__ = ("_buffer", "_conn", "_context", "_ended", "_finished", "_headers",
-                 "_limit", "_method", "_name", "_sid", "_task", "_timer")
+                 "_limit", "_method", "_name", "_sid", "_target", "_task", "_timer")
 
     def __init__(self, conn: CallerConnection, stream_id: int, headers: Headers,
                  end_stream: bool, name: str, method: Method, max_message: int) -> None:
@@ -101,6 +101,7 @@ class NativeUnary:
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._context: NativeContext | None = None
+        self._target = ""  # the request's target, once decoded
         if end_stream:
             self.caller_data(b"", 0, True)
 
@@ -147,6 +148,7 @@ class NativeUnary:
             self._answer_error(grpc.StatusCode.INTERNAL,
                                f"{self._name}: the request is not a valid message")
             return
+        self._target = str(getattr(request, "target", ""))
         metadata, timeout = _caller_metadata(self._headers)
         loop = self._conn.loop
         deadline = None if timeout is None else loop.time() + timeout
@@ -193,8 +195,8 @@ class NativeUnary:
         self._timer = None
         if not self._finished:
             self._cancel(DEADLINE_CANCEL)
-            self._answer_error(grpc.StatusCode.DEADLINE_EXCEEDED,
-                               f"{self._name}: deadline exceeded")
+            where = f"target {self._target!r}" if self._target else self._name
+            self._answer_error(grpc.StatusCode.DEADLINE_EXCEEDED, f"{where}: deadline exceeded")
 
     def _cancel(self, reason: str | None) -> None:
         if self._timer is not None:

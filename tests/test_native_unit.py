@@ -1,0 +1,105 @@
+"""NativeUnary without sockets: a fake caller connection records what the daemon answers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from sidecar._generated import sidecar_pb2
+from sidecar.services.native import Method, NativeContext, NativeUnary
+
+
+class FakeCaller:
+    """What NativeUnary asks of a CallerConnection, recorded."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.sent: list[tuple[str, Any]] = []
+        self.acknowledged = 0
+        self.finished = False
+
+    def acknowledge(self, stream_id: int, length: int) -> None:
+        self.acknowledged += length
+
+    def send_headers(self, stream_id: int, headers: Any, end_stream: bool = False) -> None:
+        self.sent.append(("headers", headers))
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        self.sent.append(("data", bytes(data)))
+
+    def send_trailers(self, stream_id: int, headers: Any) -> None:
+        self.sent.append(("trailers", dict(headers)))
+
+    def finish(self, stream_id: int, request_open: bool) -> None:
+        self.finished = True
+
+
+def framed(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+REQUEST = framed(sidecar_pb2.HttpRequest(target="web", method="GET", path="/").SerializeToString())
+HEADERS = [(b":method", b"POST"), (b":path", b"/sidecar.v1.HttpProxy/Call"),
+           (b"grpc-timeout", b"100m"), (b"x-user-id", b"alice"), (b"blob-bin", b"AAE")]
+
+
+async def test_a_handler_past_the_callers_deadline_is_answered_for_naming_the_target() -> None:
+    async def never(request: Any, context: NativeContext) -> Any:
+        await asyncio.sleep(30)
+
+    caller = FakeCaller()
+    call = NativeUnary(caller, 1, HEADERS, False, "/sidecar.v1.HttpProxy/Call",  # type: ignore[arg-type]
+                       Method(sidecar_pb2.HttpRequest.FromString, never), 1024)
+    call.caller_data(REQUEST, len(REQUEST), True)
+    await asyncio.sleep(0.4)
+    [(kind, trailers)] = caller.sent
+    assert kind == "trailers" and trailers[b"grpc-status"] == b"4"
+    assert trailers[b"grpc-message"] == b"target 'web': deadline exceeded"
+    assert caller.finished and caller.acknowledged == len(REQUEST)
+
+
+async def test_the_handler_sees_metadata_as_grpc_aio_gives_it_and_its_answer_is_framed() -> None:
+    seen: dict[str, Any] = {}
+
+    async def answer(request: Any, context: NativeContext) -> Any:
+        seen["metadata"] = context.invocation_metadata()
+        seen["left"] = context.time_remaining()
+        await context.send_initial_metadata((("correlation-id", "c-1"),))
+        return sidecar_pb2.HttpResponse(status=200, body=request.path.encode())
+
+    caller = FakeCaller()
+    call = NativeUnary(caller, 1, HEADERS, False, "/sidecar.v1.HttpProxy/Call",  # type: ignore[arg-type]
+                       Method(sidecar_pb2.HttpRequest.FromString, answer), 1024)
+    call.caller_data(REQUEST[:7], 7, False)  # split over two DATA frames
+    call.caller_data(REQUEST[7:], len(REQUEST) - 7, True)
+    await asyncio.sleep(0.05)
+    assert seen["metadata"] == [("x-user-id", "alice"), ("blob-bin", b"\x00\x01")]
+    assert 0 < seen["left"] <= 0.1
+    (_, headers), (_, data), (_, trailers) = caller.sent
+    assert (b"correlation-id", b"c-1") in headers
+    reply = sidecar_pb2.HttpResponse.FromString(data[5:])
+    assert reply.status == 200 and reply.body == b"/"
+    assert trailers == {b"grpc-status": b"0"}
+
+
+@pytest.mark.parametrize(("body", "code", "words"), [
+    (b"", b"13", "no request message was sent"),
+    (b"\x00\x00\x00\x00\x09abc", b"13", "exactly one whole message"),
+    (b"\x01\x00\x00\x00\x01x", b"12", "compressed requests are not supported"),
+    (framed(b"\xff\xff\xff"), b"13", "not a valid message"),
+])
+async def test_bad_framing_is_answered_naming_the_method(body: bytes, code: bytes,
+                                                         words: str) -> None:
+    async def unreachable(request: Any, context: NativeContext) -> Any:
+        raise AssertionError("the handler must not run")
+
+    caller = FakeCaller()
+    call = NativeUnary(caller, 1, HEADERS, False, "/sidecar.v1.HttpProxy/Call",  # type: ignore[arg-type]
+                       Method(sidecar_pb2.HttpRequest.FromString, unreachable), 1024)
+    call.caller_data(body, len(body), True)
+    [(kind, trailers)] = caller.sent
+    assert kind == "trailers" and trailers[b"grpc-status"] == code
+    assert trailers[b"grpc-message"].decode().startswith("/sidecar.v1.HttpProxy/Call: ")
+    assert words in trailers[b"grpc-message"].decode()
