@@ -32,8 +32,9 @@ def render(data: dict[str, Any], as_json: bool) -> str:
         return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
     lines = [f"sidecar {data['version']}  up {data['uptime_s']:.0f}s  "
              f"in flight {data['in_flight']}  config {data['config']}", "", "LISTENERS"]
-    lines += _table(["name", "socket", "mode"],
-                    [[ls["name"], ls["socket"], ls["mode"]] for ls in data["listeners"]])
+    lines += _table(["name", "socket", "mode", "connections", "streams"],
+                    [[ls["name"], ls["socket"], ls["mode"], _connections(ls),
+                      str(ls.get("streams", "-"))] for ls in data["listeners"]])
     lines += ["", "TARGETS"]
     rows = [
         [name, t["kind"], t.get("address", "-"), "yes" if t["healthy"] else "NO",
@@ -52,3 +53,11 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     return ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
             for row in [header, *rows]]
+
+
+def _connections(listener: dict[str, Any]) -> str:
+    """`3/1000`, `3/1000 draining`, or `-` from a daemon that does not report them."""
+    if "connections" not in listener:
+        return "-"
+    text = f"{listener['connections']}/{listener.get('max_connections', '?')}"
+    return f"{text} draining" if listener.get("draining") else text

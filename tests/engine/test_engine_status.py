@@ -65,3 +65,20 @@ def test_status_shows_the_listener_draining_while_sigterm_waits_for_a_held_call(
         upstream.release.set()
         assert call.result() == b"x"
     assert d.wait() == 0
+
+
+def test_the_status_table_shows_connections_of_the_cap_streams_and_draining() -> None:
+    from sidecar.telemetry.status_table import render
+
+    data = {"version": "1", "uptime_s": 3.0, "in_flight": 2, "config": "/c.yaml",
+            "listeners": [{"name": "app", "socket": "/run/a.sock", "mode": "0660",
+                           "connections": 3, "streams": 2, "max_connections": 1000,
+                           "draining": True},
+                          {"name": "old", "socket": "/run/b.sock", "mode": "0600"}],
+            "targets": {}}
+    lines = render(data, as_json=False).splitlines()
+    header = next(line for line in lines if line.startswith("name") and "socket" in line)
+    assert header.split() == ["name", "socket", "mode", "connections", "streams"]
+    assert lines[lines.index(header) + 1].split() == [
+        "app", "/run/a.sock", "0660", "3/1000", "draining", "2"]
+    assert lines[lines.index(header) + 2].split() == ["old", "/run/b.sock", "0600", "-", "-"]
