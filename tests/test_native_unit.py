@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from sidecar._generated import sidecar_pb2
+from sidecar.services import native
 from sidecar.services.native import Method, NativeContext, NativeUnary
 
 
@@ -103,3 +104,30 @@ async def test_bad_framing_is_answered_naming_the_method(body: bytes, code: byte
     assert kind == "trailers" and trailers[b"grpc-status"] == code
     assert trailers[b"grpc-message"].decode().startswith("/sidecar.v1.HttpProxy/Call: ")
     assert words in trailers[b"grpc-message"].decode()
+
+
+async def test_a_reset_after_the_callers_deadline_cancels_as_a_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A caller's library resets the stream when its deadline passes: logged as that."""
+    monkeypatch.setattr(native, "_DEADLINE_SLACK", 30.0)  # the guard stays out of the way
+    reasons: list[object] = []
+
+    async def wait(request: Any, context: NativeContext) -> Any:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError as e:
+            reasons.append(e.args[0] if e.args else None)
+            raise
+
+    for timeout, reset_after in ((b"10S", 0.0), (b"1m", 0.05)):  # deadline ahead, then gone
+        caller = FakeCaller()
+        headers = [(n, timeout if n == b"grpc-timeout" else v) for n, v in HEADERS]
+        call = NativeUnary(caller, 1, headers, False, "/sidecar.v1.HttpProxy/Call",  # type: ignore[arg-type]
+                           Method(sidecar_pb2.HttpRequest.FromString, wait), 1024)
+        call.caller_data(REQUEST, len(REQUEST), True)
+        await asyncio.sleep(reset_after)
+        call.caller_reset()
+        await asyncio.sleep(0.01)
+        assert caller.sent == []  # nothing more goes to a reset stream
+    assert reasons == [None, "deadline"]

@@ -125,10 +125,13 @@ class NativeUnary:
             self._start()
 
     def caller_reset(self) -> None:
-        """The caller reset the stream or its connection is gone: the call is cancelled
-        (and logged CANCELLED by the servicer's call wrapper)."""
+        """The caller reset the stream or its connection is gone: the call is cancelled,
+        logged CANCELLED by the servicer's call wrapper, or DEADLINE_EXCEEDED when the
+        reset came once the caller's deadline had passed (its library resets then)."""
         self._finished = True
-        self._cancel(None)
+        context = self._context
+        remaining = None if context is None else context.time_remaining()
+        self._cancel(DEADLINE_CANCEL if remaining == 0.0 else None)
 
     def caller_abort(self, message: str) -> None:
         """The listener's drain deadline passed."""
