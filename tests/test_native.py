@@ -42,6 +42,13 @@ def test_a_request_that_is_not_the_message_is_internal_naming_the_method(
     assert err.value.details() == f"{CALL}: the request is not a valid message"
     assert http_upstream.received == []
 
+    def logged() -> dict[str, object]:  # answered before any handler ran, logged all the same
+        [line] = [orjson.loads(x) for x in web_daemon.log_lines() if f'"method":"{CALL}"' in x]
+        return dict(line)
+
+    line = eventually(logged)
+    assert line["status"] == "INTERNAL" and line["target"] is None
+
 
 def test_a_request_over_max_message_is_resource_exhausted_and_never_sent(
     web_daemon: Daemon, http_upstream: HttpUpstream

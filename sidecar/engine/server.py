@@ -22,13 +22,17 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+import grpc
+
 from sidecar.config import Listener
+from sidecar.context import build_context
 from sidecar.engine.connection import H2Connection
 from sidecar.engine.events import (
     ConnectionTerminated,
     DataReceived,
     Event,
     GoAwayReceived,
+    Headers,
     PingAckReceived,
     RequestReceived,
     StreamReset,
@@ -292,10 +296,18 @@ class EngineListener:
         found = self._native.get(path)
         if found is not None:
             return native.NativeUnary(conn, event.stream_id, headers, event.end_stream,
-                                      found[0], found[1], self._max_message)
+                                      found[0], found[1], self._max_message, self._refused)
         if path.startswith(INTERNAL_PREFIXES):
             return Relay(conn, event.stream_id, headers, event.end_stream, self._internal_pool)
         return self.proxy.stream(conn, event.stream_id, headers, path, event.end_stream)
+
+    def _refused(self, method: str, headers: Headers, code: grpc.StatusCode) -> None:
+        """Access log (and metrics) for a native call answered before its handler ran."""
+        metadata, _ = native.caller_metadata(headers)
+        ctx = build_context(metadata, self.listener.identity)
+        telemetry, name = self.proxy.telemetry, self.listener.name
+        telemetry.begin(name, method, ctx)
+        telemetry.end(name, method, None, None, code, time.monotonic(), ctx)
 
     def connection_gone(self) -> None:
         if self.stopping and not self.connections:

@@ -38,6 +38,9 @@ _OK_TRAILERS: Headers = [(b"grpc-status", b"0")]
 _DEADLINE_SLACK = 0.05  # seconds past the caller's deadline before we answer for the handler
 
 
+Refused = Callable[[str, Headers, grpc.StatusCode], None]
+
+
 class Method(NamedTuple):
     """A unary method: how its request is decoded and who answers it."""
 
@@ -85,10 +88,12 @@ class NativeUnary:
     """One caller stream of a unary method the daemon answers itself."""
 
     __slots__ = ("_buffer", "_conn", "_context", "_ended", "_finished", "_headers",
-                 "_limit", "_method", "_name", "_sid", "_target", "_task", "_timer")
+                 "_limit", "_method", "_name", "_refused", "_sid", "_target", "_task",
+                 "_timer")
 
     def __init__(self, conn: CallerConnection, stream_id: int, headers: Headers,
-                 end_stream: bool, name: str, method: Method, max_message: int) -> None:
+                 end_stream: bool, name: str, method: Method, max_message: int,
+                 refused: Refused | None = None) -> None:
         self._conn = conn
         self._sid = stream_id
         self._headers = headers
@@ -102,6 +107,7 @@ class NativeUnary:
         self._timer: asyncio.TimerHandle | None = None
         self._context: NativeContext | None = None
         self._target = ""  # the request's target, once decoded
+        self._refused = refused  # logs a call answered before its handler ran
         if end_stream:
             self.caller_data(b"", 0, True)
 
@@ -116,7 +122,7 @@ class NativeUnary:
         buffer += data
         if len(buffer) > self._limit + _PREFIX.size:
             self._buffer = bytearray()
-            self._answer_error(grpc.StatusCode.RESOURCE_EXHAUSTED,
+            self._refuse(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"{self._name}: request message of over {self._limit} bytes "
                                "is over the limit (limits.max_message)")
             return
@@ -136,8 +142,12 @@ class NativeUnary:
     def caller_abort(self, message: str) -> None:
         """The listener's drain deadline passed."""
         if not self._finished:
+            started = self._task is not None
             self._cancel(None)
-            self._answer_error(grpc.StatusCode.UNAVAILABLE, message)
+            if started:  # the handler's call wrapper logs it
+                self._answer_error(grpc.StatusCode.UNAVAILABLE, message)
+            else:
+                self._refuse(grpc.StatusCode.UNAVAILABLE, message)
 
     # -- the call -------------------------------------------------------------------------
 
@@ -148,11 +158,11 @@ class NativeUnary:
         try:
             request = self._method.decode(request_bytes)
         except DecodeError:
-            self._answer_error(grpc.StatusCode.INTERNAL,
+            self._refuse(grpc.StatusCode.INTERNAL,
                                f"{self._name}: the request is not a valid message")
             return
         self._target = str(getattr(request, "target", ""))
-        metadata, timeout = _caller_metadata(self._headers)
+        metadata, timeout = caller_metadata(self._headers)
         loop = self._conn.loop
         deadline = None if timeout is None else loop.time() + timeout
         context = self._context = NativeContext(metadata, deadline, loop)
@@ -163,17 +173,17 @@ class NativeUnary:
     def _message(self) -> bytes | None:
         buffer, self._buffer = self._buffer, bytearray()
         if len(buffer) < _PREFIX.size:
-            self._answer_error(grpc.StatusCode.INTERNAL,
+            self._refuse(grpc.StatusCode.INTERNAL,
                                f"{self._name}: no request message was sent")
             return None
         compressed, size = _PREFIX.unpack_from(buffer)
         if compressed:
-            self._answer_error(grpc.StatusCode.UNIMPLEMENTED,
+            self._refuse(grpc.StatusCode.UNIMPLEMENTED,
                                f"{self._name}: compressed requests are not supported",
                                [(b"grpc-accept-encoding", b"identity")])
             return None
         if size != len(buffer) - _PREFIX.size:
-            self._answer_error(grpc.StatusCode.INTERNAL,
+            self._refuse(grpc.StatusCode.INTERNAL,
                                f"{self._name}: a unary call takes exactly one whole message")
             return None
         return bytes(memoryview(buffer)[_PREFIX.size:])
@@ -220,6 +230,15 @@ class NativeUnary:
         conn.send_trailers(sid, _OK_TRAILERS)
         self._end()
 
+    def _refuse(self, code: grpc.StatusCode, message: str,
+                extra: Headers | None = None) -> None:
+        """Answer before the handler ran, and log the call (its wrapper never saw it)."""
+        if self._finished:
+            return
+        self._answer_error(code, message, extra)
+        if self._refused is not None:
+            self._refused(self._name, self._headers, code)
+
     def _answer_error(self, code: grpc.StatusCode, message: str,
                       extra: Headers | None = None) -> None:
         if self._finished:
@@ -239,7 +258,7 @@ def _metadata_block(metadata: list[tuple[str, str]]) -> Headers:
     return [(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in metadata]
 
 
-def _caller_metadata(headers: Headers) -> tuple[list[tuple[str, str | bytes]], float | None]:
+def caller_metadata(headers: Headers) -> tuple[list[tuple[str, str | bytes]], float | None]:
     """Metadata as grpc.aio gives it (text, `-bin` values decoded) and grpc-timeout."""
     metadata: list[tuple[str, str | bytes]] = []
     timeout = None
