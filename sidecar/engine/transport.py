@@ -65,6 +65,8 @@ class H2Protocol(asyncio.Protocol):
         if events:
             self.handle_events(events)
         self.flush()
+        if _dirty:  # what this batch queued on other connections goes out now, not a turn later
+            flush_dirty()
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -92,10 +94,14 @@ class H2Protocol(asyncio.Protocol):
         write_out(transport, self.h2.take_output())
 
     def flush_soon(self) -> None:
-        """Flush at the next loop turn: output caused by another connection's batch."""
+        """Flush once the current batch is done: output caused by another connection's
+        events (written at the end of that connection's `data_received`), or by a task
+        (written at the next loop turn). Either way one write per connection per batch."""
         if not self._flush_soon:
             self._flush_soon = True
-            self._loop.call_soon(self.flush)
+            if not _dirty:
+                self._loop.call_soon(flush_dirty)
+            _dirty.append(self)
 
     def acknowledge(self, stream_id: int, length: int) -> None:
         """Our peer's bytes on `stream_id` were taken by the other side: give the window back."""
@@ -217,6 +223,20 @@ class H2Protocol(asyncio.Protocol):
             conn.acknowledge(stream_id, length)
         for stream_id in list(self._pending):
             self.drop_pending(stream_id)
+
+
+# Connections with output queued by another connection's batch or a task (flush_soon).
+_dirty: list[H2Protocol] = []
+
+
+def flush_dirty() -> None:
+    """Write every connection's queued output (a flush may queue more: acknowledgements)."""
+    while _dirty:
+        connections = _dirty.copy()
+        _dirty.clear()
+        for conn in connections:
+            if conn._flush_soon:
+                conn.flush()
 
 
 def write_out(transport: Any, parts: list[bytes | bytearray | memoryview]) -> None:
