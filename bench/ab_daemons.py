@@ -26,19 +26,8 @@ import tempfile
 from pathlib import Path
 
 from _procs import BenchError, cpu_seconds, running, wait_ready
-from grpc_unary import UPSTREAM, _echoes, _serving
+from grpc_unary import DAEMON_CONFIG, UPSTREAM, _echoes, _serving
 
-CONFIG = """\
-listeners:
-  - name: app
-    socket: {listen}
-    default_target: up
-admin: {{address: null}}
-log: {{level: warning}}
-telemetry: {{metrics: {{enabled: {metrics}}}}}
-targets:
-  up: {{kind: grpc, address: "unix://{upstream}"}}
-"""
 READY_TIMEOUT = 15.0
 
 
@@ -65,7 +54,7 @@ def sample(spec: str, args: argparse.Namespace, work: Path) -> float:
     repo = str(Path(folder).resolve())
     run = Path(tempfile.mkdtemp(prefix="ab-", dir=work))
     upstream, listen = str(run / "up.sock"), str(run / "d.sock")
-    (run / "d.yaml").write_text(CONFIG.format(listen=listen, upstream=upstream,
+    (run / "d.yaml").write_text(DAEMON_CONFIG.format(listen=listen, upstream=upstream,
                                               metrics=metrics))
     message = run / "message.bin"
     message.write_bytes(b"\x00" + args.payload.to_bytes(4, "big") + b"x" * args.payload)
