@@ -3,7 +3,8 @@
 Client commands (`health`, `status`, `http`, `publish`) find the daemon without
 flags (`$SIDECAR_SOCKET`, `$SIDECAR_ADDRESS`, `$SIDECAR_ADMIN`, then the
 packaged defaults) and report a user's mistake as one line naming what they
-tried, never a traceback.
+tried, never a traceback. They import grpc themselves: `run` and `check-config`
+never load it (the daemon speaks gRPC on its own engine).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import socket
 import stat
 import sys
 import time
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import grpc
 
 from sidecar.config import Config
 from sidecar.errors import ConfigError
+
+if TYPE_CHECKING:
+    import grpc
 
 DEFAULT_CONFIG = "/etc/sidecar/sidecar.yaml"
 DEFAULT_SOCKET = "/run/sidecar/app.sock"
@@ -169,20 +172,22 @@ def _is_socket(path: str) -> bool:
 
 
 def _channel(socket_path: str) -> grpc.Channel:
+    import grpc
+
     return grpc.insecure_channel(f"unix:{socket_path}")
 
 
 _QUIET_CODES = {  # what to say when the daemon sent a code without details
-    grpc.StatusCode.DEADLINE_EXCEEDED: "no answer within the timeout",
-    grpc.StatusCode.UNIMPLEMENTED: "the server on this socket does not serve this method",
-    grpc.StatusCode.UNAVAILABLE: "the daemon closed the connection",
+    "DEADLINE_EXCEEDED": "no answer within the timeout",
+    "UNIMPLEMENTED": "the server on this socket does not serve this method",
+    "UNAVAILABLE": "the daemon closed the connection",
 }
 
 
 def _fail_rpc(e: grpc.RpcError, socket_path: str, code: int = 1,
               message: str | None = None) -> NoReturn:
     status = e.code()
-    text = message or e.details() or _QUIET_CODES.get(status, "no details")
+    text = message or e.details() or _QUIET_CODES.get(status.name, "no details")
     _fail(f"{status.name}: {text} (daemon at unix:{socket_path})", code)
 
 
@@ -213,6 +218,7 @@ def health(socket_path: str, service: str, timeout: float) -> None:
     Exit codes as grpc_health_probe's: 1 invalid arguments, 2 cannot connect,
     3 the health call failed (an unknown --service, a timeout), 4 not serving.
     """
+    import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout
@@ -310,6 +316,8 @@ def _headers(values: tuple[str, ...]) -> list[Any]:
 def http(socket_path: str, target: str, method: str, path: str, headers: tuple[str, ...],
          data: str, timeout: float) -> None:
     """One HTTP call through the daemon; prints status, headers, body."""
+    import grpc
+
     from sidecar.v1 import sidecar_pb2, sidecar_pb2_grpc
 
     request = sidecar_pb2.HttpRequest(target=target, method=method.upper(), path=path,
@@ -338,6 +346,8 @@ def http(socket_path: str, target: str, method: str, path: str, headers: tuple[s
 def publish(socket_path: str, target: str, topic: str, key: str | None, value: str,
             headers: tuple[str, ...], timeout: float) -> None:
     """One Kafka publish through the daemon; prints partition and offset."""
+    import grpc
+
     from sidecar.v1 import sidecar_pb2, sidecar_pb2_grpc
 
     request = sidecar_pb2.PublishRequest(

@@ -10,11 +10,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import grpc
+from sidecar.status import NAMES
 
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes, the last one a NUL
 LOG_LEVELS = ("debug", "info", "warning", "error")
-GRPC_CODES = frozenset(code.name for code in grpc.StatusCode)
+GRPC_CODES = NAMES
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 

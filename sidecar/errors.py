@@ -20,13 +20,13 @@ shown to callers as they are.
 
 from __future__ import annotations
 
-import grpc
+from sidecar.status import StatusCode
 
 
 class SidecarError(Exception):
     """Root of the daemon's errors; `grpc_status` is what the caller gets."""
 
-    grpc_status: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    grpc_status: StatusCode = StatusCode.INTERNAL
 
 
 class ConfigError(SidecarError):
@@ -38,39 +38,39 @@ class ConfigError(SidecarError):
 
 
 class NoRouteError(SidecarError):
-    grpc_status = grpc.StatusCode.UNIMPLEMENTED
+    grpc_status = StatusCode.UNIMPLEMENTED
 
 
 class UnknownTargetError(SidecarError):
-    grpc_status = grpc.StatusCode.NOT_FOUND
+    grpc_status = StatusCode.NOT_FOUND
 
 
 class InvalidRequestError(SidecarError):
-    grpc_status = grpc.StatusCode.INVALID_ARGUMENT
+    grpc_status = StatusCode.INVALID_ARGUMENT
 
 
 class PermissionDeniedError(InvalidRequestError):
-    grpc_status = grpc.StatusCode.PERMISSION_DENIED
+    grpc_status = StatusCode.PERMISSION_DENIED
 
 
 class UnauthenticatedError(SidecarError):
-    grpc_status = grpc.StatusCode.UNAUTHENTICATED
+    grpc_status = StatusCode.UNAUTHENTICATED
 
 
 class ListenerError(SidecarError):
-    grpc_status = grpc.StatusCode.UNAVAILABLE
+    grpc_status = StatusCode.UNAVAILABLE
 
 
 class LimitExceededError(SidecarError):
-    grpc_status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    grpc_status = StatusCode.RESOURCE_EXHAUSTED
 
 
 class UpstreamError(SidecarError):
-    grpc_status = grpc.StatusCode.UNAVAILABLE
+    grpc_status = StatusCode.UNAVAILABLE
 
 
 class UpstreamUnavailableError(UpstreamError):
-    grpc_status = grpc.StatusCode.UNAVAILABLE
+    grpc_status = StatusCode.UNAVAILABLE
 
 
 class CircuitOpenError(UpstreamUnavailableError):
@@ -78,4 +78,4 @@ class CircuitOpenError(UpstreamUnavailableError):
 
 
 class UpstreamTimeoutError(UpstreamError):
-    grpc_status = grpc.StatusCode.DEADLINE_EXCEEDED
+    grpc_status = StatusCode.DEADLINE_EXCEEDED

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 import uuid
 
-import grpc
 import pytest
 
 from sidecar.config import Identity
 from sidecar.context import build_context, require_identity
 from sidecar.errors import UnauthenticatedError
+from sidecar.status import StatusCode
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -81,7 +81,7 @@ def test_required_identity_missing_is_refused_as_unauthenticated() -> None:
     ctx = build_context([], identity)
     with pytest.raises(UnauthenticatedError) as info:
         require_identity(ctx, identity, "app")
-    assert info.value.grpc_status == grpc.StatusCode.UNAUTHENTICATED
+    assert info.value.grpc_status == StatusCode.UNAUTHENTICATED
     assert "'app'" in str(info.value)
 
 

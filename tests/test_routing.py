@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 import pytest
 
 from sidecar.config import Config
 from sidecar.config_loader import parse_config
 from sidecar.errors import InvalidRequestError, NoRouteError, UnknownTargetError
 from sidecar.routing import Router
+from sidecar.status import StatusCode
 
 TARGETS: dict[str, Any] = {
     "orders": {"kind": "grpc", "address": "orders:50051"},
@@ -101,7 +101,7 @@ def test_no_route_and_no_default_is_unimplemented_naming_the_method() -> None:
     router = make_router(default_target=None, routes=[])
     with pytest.raises(NoRouteError) as info:
         router.route("/orders.v1.Orders/Create", None)
-    assert info.value.grpc_status == grpc.StatusCode.UNIMPLEMENTED
+    assert info.value.grpc_status == StatusCode.UNIMPLEMENTED
     assert "/orders.v1.Orders/Create" in str(info.value)
     assert "'app'" in str(info.value)
 
@@ -116,7 +116,7 @@ def test_no_route_is_raised_again_on_a_repeated_call() -> None:
 def test_hint_naming_an_unknown_target_is_not_found() -> None:
     with pytest.raises(UnknownTargetError) as info:
         make_router().route("/orders.v1.Orders/Create", "nope")
-    assert info.value.grpc_status == grpc.StatusCode.NOT_FOUND
+    assert info.value.grpc_status == StatusCode.NOT_FOUND
     assert "'nope'" in str(info.value)
 
 
@@ -124,7 +124,7 @@ def test_hint_naming_an_unknown_target_is_not_found() -> None:
 def test_hint_naming_a_non_grpc_target_is_an_invalid_request(target: str, kind: str) -> None:
     with pytest.raises(InvalidRequestError) as info:
         make_router().route("/orders.v1.Orders/Create", target)
-    assert info.value.grpc_status == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.grpc_status == StatusCode.INVALID_ARGUMENT
     assert f"'{target}'" in str(info.value)
     assert kind in str(info.value)
 

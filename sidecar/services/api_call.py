@@ -5,20 +5,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-import grpc
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from sidecar.context import CallContext, build_context, require_identity
 from sidecar.errors import SidecarError
 from sidecar.resilience.policy import TargetPolicy
 from sidecar.runtime import Runtime
+from sidecar.status import StatusCode
 from sidecar.telemetry.hub import Telemetry
 
 T = TypeVar("T")
 CORRELATION_KEY = "correlation-id"
 DEADLINE_CANCEL = "deadline"  # why services/native.py cancels a call: its deadline passed
+
+
+class ServicerContext(Protocol):
+    """What the servicers ask of their call's context (services/native.py's NativeContext)."""
+
+    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None: ...
+
+    def time_remaining(self) -> float | None: ...
+
+    async def send_initial_metadata(self, metadata: Any) -> None: ...
+
+    async def abort(self, code: StatusCode, details: str) -> None: ...
 
 
 class ApiService:
@@ -33,7 +44,7 @@ class ApiService:
 
     async def serve(
         self,
-        context: grpc.aio.ServicerContext,
+        context: ServicerContext,
         method: str,
         target: str,
         kind: str,
@@ -49,7 +60,7 @@ class ApiService:
         identity = runtime.routers[listener].listener.identity
         ctx = build_context(context.invocation_metadata() or (), identity)
         self.telemetry.begin(listener, method, ctx)
-        status = grpc.StatusCode.OK
+        status = StatusCode.OK
         target_kind = runtime.config.targets.get(target)
         try:
             require_identity(ctx, identity, listener)
@@ -73,7 +84,7 @@ class ApiService:
             raise AssertionError("abort returns never") from e
         except asyncio.CancelledError as e:  # logged as the caller saw it
             deadline = bool(e.args) and e.args[0] == DEADLINE_CANCEL
-            status = grpc.StatusCode.DEADLINE_EXCEEDED if deadline else grpc.StatusCode.CANCELLED
+            status = StatusCode.DEADLINE_EXCEEDED if deadline else StatusCode.CANCELLED
             raise
         finally:
             runtime.leave()
@@ -86,6 +97,6 @@ class ApiService:
 
 async def send_error(context: Any, error: SidecarError, correlation: str) -> None:
     """End the caller's call with the daemon's own error (the message names the target)."""
-    with contextlib.suppress(grpc.aio.UsageError, RuntimeError):
+    with contextlib.suppress(RuntimeError):
         await context.send_initial_metadata(((CORRELATION_KEY, correlation),))
     await context.abort(error.grpc_status, str(error))

@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import grpc
-
 from sidecar.context import CallContext, build_context, require_identity
 from sidecar.engine.events import Headers
 from sidecar.engine.frames import ErrorCode
@@ -32,6 +30,7 @@ from sidecar.resilience.backoff import grpc_pushback
 from sidecar.resilience.policy import Attempt
 from sidecar.runtime import Runtime
 from sidecar.services.message_bound import MessageBound
+from sidecar.status import BY_NUMBER, StatusCode
 from sidecar.telemetry.hub import Telemetry
 from sidecar.upstreams.grpc import PUSHBACK_KEY, classify, upstream_metadata
 
@@ -42,8 +41,8 @@ if TYPE_CHECKING:
     from sidecar.engine.server import CallerConnection
 
 log = logging.getLogger("sidecar.proxy")
-_CODES = {c.value[0]: c for c in grpc.StatusCode}
-_OK = grpc.StatusCode.OK
+_CODES = BY_NUMBER
+_OK = StatusCode.OK
 _CORRELATION = b"correlation-id"
 _STATUS = b"grpc-status"
 _PUSHBACK = PUSHBACK_KEY.encode()
@@ -53,10 +52,10 @@ _TRANSPORT = frozenset({b"content-type", b"grpc-encoding", b"grpc-accept-encodin
 _UNKNOWN_LIMIT = 1 << 62
 _UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 # RST_STREAM codes as gRPC statuses (the gRPC HTTP/2 protocol document).
-_RESET_STATUS: dict[int, grpc.StatusCode] = {
-    ErrorCode.CANCEL: grpc.StatusCode.CANCELLED,
-    ErrorCode.ENHANCE_YOUR_CALM: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ErrorCode.INADEQUATE_SECURITY: grpc.StatusCode.PERMISSION_DENIED,
+_RESET_STATUS: dict[int, StatusCode] = {
+    ErrorCode.CANCEL: StatusCode.CANCELLED,
+    ErrorCode.ENHANCE_YOUR_CALM: StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.INADEQUATE_SECURITY: StatusCode.PERMISSION_DENIED,
 }
 
 
@@ -137,7 +136,7 @@ class ProxiedCall:
         self._waiter: asyncio.Future[None] | None = None
         self._response: Headers | None = None
         self._trailers: Headers | None = None
-        self._code = grpc.StatusCode.UNKNOWN
+        self._code = StatusCode.UNKNOWN
         self._details = ""
         self._error: SidecarError | None = None
         self._request: Headers = []
@@ -195,12 +194,12 @@ class ProxiedCall:
                 status = self._aborted.grpc_status
                 self._send_status(status.value[0], str(self._aborted))
             else:
-                status = grpc.StatusCode.CANCELLED
+                status = StatusCode.CANCELLED
         except Exception:  # a fault of ours: the caller is answered and the call logged
             log.exception("proxied call failed", extra={"fields": {
                 "listener": listener, "method": method, "target": target}})
             self._close_upstream()
-            status = grpc.StatusCode.INTERNAL
+            status = StatusCode.INTERNAL
             self._send_status(status.value[0], f"target {target!r}: internal error in the daemon "
                                                "(see its log)")
         finally:
@@ -233,7 +232,7 @@ class ProxiedCall:
         loop = self._conn.loop
         self._response = self._trailers = None
         self._error = None
-        self._code = grpc.StatusCode.UNKNOWN
+        self._code = StatusCode.UNKNOWN
         self._details = ""
         target = self._target
         ctx = self._ctx
@@ -248,7 +247,7 @@ class ProxiedCall:
         except TimeoutError:
             self._timed_out()
         except UpstreamUnavailableError as e:
-            self._code = grpc.StatusCode.UNAVAILABLE
+            self._code = StatusCode.UNAVAILABLE
             self._error = e
         else:
             self._open(conn, time_left, traceparent)
@@ -288,7 +287,7 @@ class ProxiedCall:
             if not self._replayable:
                 self._release_request()
 
-    def _deliver(self) -> grpc.StatusCode:
+    def _deliver(self) -> StatusCode:
         """Give the caller the final attempt's answer (streamed already once committed)."""
         if self._error is not None:
             raise self._error
@@ -353,7 +352,7 @@ class ProxiedCall:
 
     def caller_abort(self, message: str) -> None:
         """The listener's drain deadline passed: answer UNAVAILABLE, cancel upstream."""
-        self._stop(_UpstreamStatus(grpc.StatusCode.UNAVAILABLE, message))
+        self._stop(_UpstreamStatus(StatusCode.UNAVAILABLE, message))
 
     def _stop(self, answer: SidecarError) -> None:
         """End the call with the daemon's own answer (the upstream stream is cancelled)."""
@@ -398,7 +397,7 @@ class ProxiedCall:
         conn.send_data(self._sid, data, False, self._up, self._up_sid, length)
         if end_stream:  # DATA ending the stream: the upstream sent no status
             self._up = None
-            self._code = grpc.StatusCode.INTERNAL
+            self._code = StatusCode.INTERNAL
             self._error = UpstreamUnavailableError(
                 f"target {self._target.name!r}: response ended without a status")
             self._settle()
@@ -407,7 +406,7 @@ class ProxiedCall:
         self._up = None
         if self._aborted is not None:  # the daemon answers instead
             return
-        code = grpc.StatusCode.UNKNOWN
+        code = StatusCode.UNKNOWN
         for name, value in headers:
             if name == _STATUS:
                 code = _CODES.get(int(value) if value.isdigit() else -1, code)
@@ -422,17 +421,17 @@ class ProxiedCall:
         self._up = None
         name = self._target.name
         if code == ErrorCode.REFUSED_STREAM:
-            self._code = grpc.StatusCode.UNAVAILABLE
+            self._code = StatusCode.UNAVAILABLE
             self._error = UpstreamUnavailableError(f"target {name!r} unreachable: stream refused")
         else:
-            self._code = _RESET_STATUS.get(code, grpc.StatusCode.INTERNAL)
+            self._code = _RESET_STATUS.get(code, StatusCode.INTERNAL)
             self._error = _UpstreamStatus(self._code, f"target {name!r} reset the stream "
                                                       f"(HTTP/2 error {code})")
         self._settle()
 
     def up_lost(self, reason: str) -> None:
         self._up = None
-        self._code = grpc.StatusCode.UNAVAILABLE
+        self._code = StatusCode.UNAVAILABLE
         self._error = UpstreamUnavailableError(
             f"target {self._target.name!r} unreachable: {reason}")
         self._settle()
@@ -443,7 +442,7 @@ class ProxiedCall:
         self._settle()
 
     def _timed_out(self) -> None:
-        self._code = grpc.StatusCode.DEADLINE_EXCEEDED
+        self._code = StatusCode.DEADLINE_EXCEEDED
         self._error = UpstreamTimeoutError(f"target {self._target.name!r}: deadline exceeded")
 
     def _close_upstream(self) -> None:
@@ -461,7 +460,7 @@ class ProxiedCall:
 class _UpstreamStatus(SidecarError):
     """A status the upstream caused without sending one (it reset the stream)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: StatusCode, message: str) -> None:
         super().__init__(message)
         self.grpc_status = code
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import grpc
-
-from sidecar._generated import sidecar_pb2, sidecar_pb2_grpc
 from sidecar.context import CallContext
 from sidecar.errors import SidecarError
 from sidecar.resilience.policy import Attempt, TargetPolicy
-from sidecar.services.api_call import ApiService
+from sidecar.services.api_call import ApiService, ServicerContext
+from sidecar.v1 import sidecar_pb2
 
 if TYPE_CHECKING:  # aiohttp is loaded with the first http target, not by every daemon
     from sidecar.upstreams.http import HttpResult, HttpUpstream
@@ -18,8 +16,8 @@ if TYPE_CHECKING:  # aiohttp is loaded with the first http target, not by every 
 METHOD = "/sidecar.v1.HttpProxy/Call"
 
 
-class HttpProxyService(ApiService, sidecar_pb2_grpc.HttpProxyServicer):
-    async def Call(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+class HttpProxyService(ApiService):
+    async def Call(self, request: Any, context: ServicerContext) -> Any:
         async def run(
             upstream: HttpUpstream, ctx: CallContext, policy: TargetPolicy, deadline: float
         ) -> Any:

@@ -11,16 +11,14 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import grpc
-
-from sidecar._generated import sidecar_pb2, sidecar_pb2_grpc
 from sidecar.config import KafkaTarget
 from sidecar.context import CallContext
 from sidecar.errors import InvalidRequestError, LimitExceededError, SidecarError
 from sidecar.resilience.policy import Attempt, TargetPolicy
-from sidecar.services.api_call import ApiService
+from sidecar.services.api_call import ApiService, ServicerContext
 from sidecar.telemetry.hub import Telemetry
 from sidecar.upstreams.kafka_messages import Outcomes, OutgoingMessage, classify
+from sidecar.v1 import sidecar_pb2
 
 if TYPE_CHECKING:  # confluent-kafka is loaded with the first kafka target
     from sidecar.upstreams.kafka import KafkaUpstream
@@ -30,17 +28,17 @@ PUBLISH_BATCH = "/sidecar.v1.Publisher/PublishBatch"
 Headers = list[tuple[str, str | bytes | None]]
 
 
-class PublisherService(ApiService, sidecar_pb2_grpc.PublisherServicer):
+class PublisherService(ApiService):
     """Publish and PublishBatch on one listener, on ApiService's shared call path."""
 
-    async def Publish(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def Publish(self, request: Any, context: ServicerContext) -> Any:
         attributes = _attributes(request.topic, "publish")
         return await self.serve(
             context, PUBLISH, request.target, "kafka",
             partial(_publish, request, self.telemetry), attributes,
         )
 
-    async def PublishBatch(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def PublishBatch(self, request: Any, context: ServicerContext) -> Any:
         attributes = _attributes(request.topic, "publish_batch")
         return await self.serve(
             context, PUBLISH_BATCH, request.target, "kafka",

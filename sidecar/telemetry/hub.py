@@ -11,11 +11,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import grpc
-
 from sidecar.config import Config
 from sidecar.context import CallContext
 from sidecar.resilience.policy import TargetPolicy
+from sidecar.status import BY_NUMBER, StatusCode
 from sidecar.telemetry.histogram import Series
 from sidecar.telemetry.logging import CALL_FIELDS, AccessLog
 from sidecar.telemetry.metrics import Metrics
@@ -60,13 +59,15 @@ class Telemetry:
         method: str,
         target: str | None,
         kind: str | None,
-        status: grpc.StatusCode,
+        status: StatusCode,
         started: float,
         ctx: CallContext,
         attributes: Mapping[str, Any] | None = None,
     ) -> None:
         """The call ended with `status` (the daemon's gRPC status to its caller)."""
         duration = time.monotonic() - started
+        if type(status) is not StatusCode:  # grpc.StatusCode, from a caller not switched yet
+            status = BY_NUMBER[status.value[0]]
         self.active[listener] -= 1
         if self.metrics_on and target is not None and kind is not None:
             key = (target, kind, status, None if attributes is None else
@@ -77,14 +78,14 @@ class Telemetry:
                 if kind == "grpc":
                     attrs["rpc.system"] = "grpc"
                     attrs["rpc.grpc.status_code"] = status.value[0]
-                elif status is not grpc.StatusCode.OK:
+                elif status is not StatusCode.OK:
                     attrs["error.type"] = status.name
                 series = self._durations[kind].series(attrs)
                 if len(self._series) < _MAX_CACHED_ATTRS:
                     self._series[key] = series
             series.record(duration)
         if ctx.trace is not None:
-            ctx.trace.end(target, status.name, status is not grpc.StatusCode.OK)
+            ctx.trace.end(target, status.name, status is not StatusCode.OK)
         if self.access.enabled:
             self.access.call(
                 listener=listener, method=method, target=target, status=status.name,

@@ -12,12 +12,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-import grpc
-
 from sidecar.config import GrpcTarget
 from sidecar.context import CallContext
 from sidecar.errors import LimitExceededError, SidecarError
 from sidecar.resilience.policy import Attempt
+from sidecar.status import StatusCode
 from sidecar.telemetry.redaction import NO_SECRETS, Redactor
 
 if TYPE_CHECKING:
@@ -37,7 +36,7 @@ class GrpcUpstream:
         self.target = target
         self.frames: UpstreamPool | None = None  # the frame engine's pool, from start()
         self.retry_on = frozenset(
-            grpc.StatusCode[c] for c in target.retry.on if isinstance(c, str)
+            StatusCode[c] for c in target.retry.on if isinstance(c, str)
         )
         self._redact = redact
 
@@ -82,22 +81,22 @@ class GrpcUpstream:
 
 # Upstream faults: count against the breaker (DESIGN.md, "Breaker").
 _FAULTS = frozenset({
-    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
+    StatusCode.UNAVAILABLE, StatusCode.INTERNAL, StatusCode.UNKNOWN,
+    StatusCode.DEADLINE_EXCEEDED,
 })
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 def classify(
-    code: grpc.StatusCode, error: SidecarError | None, retry_on: frozenset[grpc.StatusCode]
+    code: StatusCode, error: SidecarError | None, retry_on: frozenset[StatusCode]
 ) -> Attempt:
     """What an attempt's final status means to the resilience layer."""
-    if code is grpc.StatusCode.OK:
+    if code is StatusCode.OK:
         return Attempt(ok=True)
     if isinstance(error, LimitExceededError):
         return Attempt(ok=False)  # our own size limit: the caller's message, not a fault
     fault = code in _FAULTS
-    retryable = code is grpc.StatusCode.UNAVAILABLE or code in retry_on
+    retryable = code is StatusCode.UNAVAILABLE or code in retry_on
     return Attempt(ok=False, fault=fault, retryable=retryable)
 
 
