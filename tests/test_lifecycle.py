@@ -92,10 +92,12 @@ def test_sigterm_refuses_new_calls_while_draining(
                 fresh.unary_unary("/test.Echo/Unary")(b"late", timeout=2)
             assert err.value.code() is grpc.StatusCode.UNAVAILABLE
 
-        eventually(refused)
-        # Refused while draining: the held call keeps the daemon up until it is released.
+        eventually(refused)  # a call racing the start of the drain may still be served
+        reached = upstream.calls("Unary")
+        refused()  # once draining, every new call is refused and never reaches the upstream
+        assert upstream.calls("Unary") == reached
+        # The held call keeps the daemon up until it is released.
         assert d.process.poll() is None and not held.done()
-        assert upstream.calls("Unary") == 0
         upstream.release.set()
         assert held.result(timeout=10) == b"x"
     assert d.wait(15) == 0

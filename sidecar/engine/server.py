@@ -3,9 +3,9 @@
 One `CallerConnection` (an asyncio Protocol around a server-role H2Connection) per
 accepted caller; each stream goes, by its `:path`, to the transparent proxy
 (`services/frame_proxy.py`), to a unary method the daemon answers itself
-(`services/native.py`: HttpProxy, Publisher, Health/Check), or, for the rest of its own
-services (Health/Watch, reflection), frame for frame to a grpc.aio `ListenerServer` on a
-private socket. Same shape as `ListenerServer`:
+(`services/native.py`: HttpProxy, Publisher, Health/Check), or to a streaming method it
+serves itself (`services/native_stream.py`: Health/Watch, reflection v1 and v1alpha).
+No grpcio server is involved: the daemon process does not load grpcio at all.
 `start()`, `update(listener, key)`, `stop(grace)`.
 """
 
@@ -13,16 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Protocol
-
-import grpc
 
 from sidecar.config import Listener
 from sidecar.context import build_context
@@ -41,22 +36,25 @@ from sidecar.engine.events import (
 )
 from sidecar.engine.frames import MAX_STREAM_ID, ErrorCode
 from sidecar.engine.limits import EngineLimits
-from sidecar.engine.pool import UpstreamPool
-from sidecar.engine.relay import Relay
+from sidecar.engine.relay import error_block
 from sidecar.engine.transport import H2Protocol
 from sidecar.errors import ListenerError
-from sidecar.listeners import ListenerServer, _umask_for, prepare_socket_path
+from sidecar.listeners import _umask_for, prepare_socket_path
 from sidecar.runtime import Runtime
-from sidecar.services import native
+from sidecar.services import native, native_stream
 from sidecar.services.frame_proxy import FrameProxy
 from sidecar.services.health import HealthReporter
+from sidecar.services.http_proxy import HttpProxyService
+from sidecar.services.publisher import PublisherService
+from sidecar.services.reflection import Reflection
+from sidecar.status import StatusCode
 from sidecar.telemetry.hub import Telemetry
 
 log = logging.getLogger("sidecar.engine")
 
-# The daemon's own services; those not answered natively go to the internal grpc.aio server.
-INTERNAL_PREFIXES = (b"/grpc.health.v1.Health/", b"/grpc.reflection.", b"/sidecar.v1.")
-INTERNAL_CONNECTIONS = 4  # HTTP/2 connections to the internal server
+# The daemon's own services: a method under these it does not serve is UNIMPLEMENTED,
+# never forwarded to a target.
+OWN_PREFIXES = (b"/grpc.health.v1.Health/", b"/grpc.reflection.", b"/sidecar.v1.")
 DRAIN_PING = b"drain..."
 DRAIN_PING_WAIT = 1.0  # seconds for the drain PING's answer before the final GOAWAY
 CLOSE_WAIT = 1.0  # seconds closing connections may flush before they are dropped
@@ -71,6 +69,12 @@ class CallerStream(Protocol):
     def caller_abort(self, message: str) -> None: ...
 
 
+class Writable(Protocol):
+    """A stream waiting for the caller to take its answers."""
+
+    def writable(self) -> None: ...
+
+
 class CallerConnection(H2Protocol):
     """One caller's connection: streams dispatched by `:path`."""
 
@@ -81,6 +85,7 @@ class CallerConnection(H2Protocol):
         self.draining = False
         self._listener = listener
         self._final_goaway: asyncio.TimerHandle | None = None
+        self._writable_waiters: dict[int, Writable] = {}
 
     def connection_made(self, transport: object) -> None:
         listener = self._listener
@@ -107,10 +112,18 @@ class CallerConnection(H2Protocol):
                                         event.end_stream)
             elif cls is RequestReceived:
                 assert isinstance(event, RequestReceived)
-                streams[event.stream_id] = self._listener.dispatch(self, event)
+                # A handler may answer at once (`finish` inside dispatch): the placeholder
+                # it then removes tells us not to keep it.
+                stream_id = event.stream_id
+                streams[stream_id] = _OPENING
+                handler = self._listener.dispatch(self, event)
+                if streams.get(stream_id) is _OPENING:
+                    streams[stream_id] = handler
             elif cls is WindowUpdated:
                 assert isinstance(event, WindowUpdated)
                 self.window_opened(event.stream_id)
+                if self._writable_waiters:
+                    self._wake_writable()
             elif cls is TrailersReceived:
                 assert isinstance(event, TrailersReceived)
                 handler = streams.get(event.stream_id)
@@ -119,6 +132,7 @@ class CallerConnection(H2Protocol):
             elif cls is StreamReset:
                 assert isinstance(event, StreamReset)
                 self.drop_pending(event.stream_id)
+                self._writable_waiters.pop(event.stream_id, None)
                 handler = streams.pop(event.stream_id, None)
                 if handler is not None:
                     handler.caller_reset()
@@ -135,6 +149,25 @@ class CallerConnection(H2Protocol):
                 self._lose()
                 self.close_transport(abort=self.paused)
 
+    def blocked(self, stream_id: int) -> bool:
+        """True while our answers on `stream_id` wait for the caller (flow control closed,
+        or its socket not read)."""
+        return self.paused or stream_id in self._pending
+
+    def wait_writable(self, stream_id: int, waiter: Writable) -> None:
+        """Call `waiter.writable()` once the caller has taken some of what waits."""
+        self._writable_waiters[stream_id] = waiter
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._writable_waiters:
+            self._wake_writable()
+
+    def _wake_writable(self) -> None:
+        waiters = self._writable_waiters
+        for stream_id in [sid for sid in waiters if not self.blocked(sid)]:
+            waiters.pop(stream_id).writable()
+
     def flush_now(self) -> None:
         """Write even while paused: the last bytes of a connection that is ending."""
         transport = self.transport
@@ -148,6 +181,7 @@ class CallerConnection(H2Protocol):
         stopped with RST_STREAM NO_ERROR, as RFC 9113 section 8.1 allows."""
         if self.streams.pop(stream_id, None) is None:
             return
+        self._writable_waiters.pop(stream_id, None)
         if request_open and stream_id not in self._pending:
             self.reset(stream_id, ErrorCode.NO_ERROR)
         self._stream_gone()
@@ -211,13 +245,14 @@ class CallerConnection(H2Protocol):
             self._final_goaway.cancel()
             self._final_goaway = None
         streams, self.streams = self.streams, {}
+        self._writable_waiters.clear()
         self.release_acks()
         for handler in streams.values():
             handler.caller_reset()
 
 
 class EngineListener:
-    """One listener on one Unix socket: the proxy, and a relay to its internal server."""
+    """One listener on one Unix socket: the proxy and the daemon's own services."""
 
     def __init__(
         self,
@@ -234,14 +269,16 @@ class EngineListener:
         self.connections: set[CallerConnection] = set()
         self.stopping = False
         self.proxy = FrameProxy(listener.name, runtime, telemetry)
-        self._folder = tempfile.mkdtemp(prefix="sidecar-")  # 0700
-        private = os.path.join(self._folder, "internal.sock")
-        self.internal = ListenerServer(
-            dataclasses.replace(listener, socket=private, mode=0o600), f"{key} (internal)",
-            max_message, runtime, health, telemetry)
-        self._internal_pool = UpstreamPool("daemon", f"unix:{private}", INTERNAL_CONNECTIONS)
-        self._native = native.methods(self.internal.http, self.internal.publisher,
-                                      health.servicer)
+        self.http = HttpProxyService(listener.name, runtime, telemetry)
+        self.publisher = PublisherService(listener.name, runtime, telemetry)
+        self._native = native.methods(self.http, self.publisher, health.state)
+        reflection = Reflection()
+        self._streaming = {
+            b"/grpc.health.v1.Health/Watch": (
+                "/grpc.health.v1.Health/Watch",
+                native_stream.StreamMethod(health_request, health.state.watch_session)),
+            **reflection.methods(),
+        }
         self._max_message = max_message
         self._server: asyncio.AbstractServer | None = None
         self._bound = False
@@ -249,7 +286,6 @@ class EngineListener:
         self._all_gone = asyncio.Event()
 
     async def start(self) -> None:
-        await self.internal.start()
         path = self.listener.socket
         key = f"{self.key}.socket"
         prepare_socket_path(path, key)
@@ -268,11 +304,10 @@ class EngineListener:
         """Take a reloaded listener on the same socket: new name or mode apply at once."""
         if listener.mode != self.listener.mode:
             os.chmod(listener.socket, listener.mode)
-        self.internal.update(dataclasses.replace(listener, socket=self.internal.listener.socket,
-                                                 mode=0o600), f"{key} (internal)")
         self.listener = listener
         self.key = key
-        self.proxy.listener = listener.name
+        for service in (self.proxy, self.http, self.publisher):
+            service.listener = listener.name
 
     def stats(self) -> dict[str, int | bool]:
         """Caller-side load for /status: counts and config only, nothing a peer sent."""
@@ -297,11 +332,15 @@ class EngineListener:
         if found is not None:
             return native.NativeUnary(conn, event.stream_id, headers, event.end_stream,
                                       found[0], found[1], self._max_message, self._refused)
-        if path.startswith(INTERNAL_PREFIXES):
-            return Relay(conn, event.stream_id, headers, event.end_stream, self._internal_pool)
+        streaming = self._streaming.get(path)
+        if streaming is not None:
+            return native_stream.NativeStream(conn, event.stream_id, headers, event.end_stream,
+                                              streaming[0], streaming[1], self._max_message)
+        if path.startswith(OWN_PREFIXES):
+            return Unimplemented(conn, event.stream_id, path, event.end_stream)
         return self.proxy.stream(conn, event.stream_id, headers, path, event.end_stream)
 
-    def _refused(self, method: str, headers: Headers, code: grpc.StatusCode) -> None:
+    def _refused(self, method: str, headers: Headers, code: StatusCode) -> None:
         """Access log (and metrics) for a native call answered before its handler ran."""
         metadata, _ = native.caller_metadata(headers)
         ctx = build_context(metadata, self.listener.identity)
@@ -337,9 +376,6 @@ class EngineListener:
             self._bound = False
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.listener.socket)
-        await self._internal_pool.close()
-        await self.internal.stop(0)
-        shutil.rmtree(self._folder, ignore_errors=True)
 
     async def _reap_idle(self) -> None:
         """GOAWAY and close connections that had no stream for `idle_timeout` seconds."""
@@ -351,3 +387,49 @@ class EngineListener:
                 if not conn.streams and conn.idle_since < limit:
                     conn.close_idle()
 
+
+
+def health_request(payload: bytes) -> object:
+    from grpc_health.v1 import health_pb2
+
+    return health_pb2.HealthCheckRequest.FromString(payload)
+
+
+class _Opening:
+    """Stands in for a stream's handler while dispatch creates it."""
+
+    __slots__ = ()
+
+    def caller_data(self, data: memoryview | bytes, length: int, end_stream: bool) -> None:
+        raise AssertionError("no event reaches a stream while it is dispatched")
+
+    def caller_reset(self) -> None:
+        pass
+
+    def caller_abort(self, message: str) -> None:
+        pass
+
+
+_OPENING = _Opening()
+
+
+class Unimplemented:
+    """A method under the daemon's own services that it does not serve."""
+
+    __slots__ = ()
+
+    def __init__(self, conn: CallerConnection, stream_id: int, path: bytes,
+                 end_stream: bool) -> None:
+        method = path.decode("latin-1", "replace")
+        conn.send_trailers(stream_id, error_block(
+            StatusCode.UNIMPLEMENTED.value[0], f"the daemon does not serve {method!r}", False))
+        conn.finish(stream_id, not end_stream)
+
+    def caller_data(self, data: memoryview | bytes, length: int, end_stream: bool) -> None:
+        pass  # never called: the stream is finished before dispatch returns
+
+    def caller_reset(self) -> None:
+        pass
+
+    def caller_abort(self, message: str) -> None:
+        pass

@@ -3,10 +3,9 @@
 `HttpProxy/Call`, `Publisher/Publish`, `Publisher/PublishBatch` and `Health/Check` are
 answered here: the request message is collected from the caller's DATA (bounded by
 `limits.max_message`), decoded once with the generated protobuf class (upb), handed to
-the same servicer methods the internal grpc.aio server runs, through `NativeContext` (the
-four things they ask of a grpc.aio ServicerContext), and the response is encoded once,
-with status and trailers written by the engine. Streaming methods (`Health/Watch`,
-reflection) stay on the internal server.
+the daemon's servicer methods through `NativeContext` (the four things they ask of a
+gRPC ServicerContext), and the response is encoded once, with status and trailers written
+by the engine. Streaming methods (`Health/Watch`, reflection) are in native_stream.py.
 """
 
 from __future__ import annotations
@@ -19,13 +18,13 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import grpc
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from sidecar.engine.events import Headers
 from sidecar.engine.relay import error_block
 from sidecar.services.api_call import DEADLINE_CANCEL
 from sidecar.services.frame_proxy import parse_timeout
+from sidecar.status import StatusCode
 
 if TYPE_CHECKING:
     from sidecar.engine.server import CallerConnection
@@ -38,7 +37,7 @@ _OK_TRAILERS: Headers = [(b"grpc-status", b"0")]
 _DEADLINE_SLACK = 0.05  # seconds past the caller's deadline before we answer for the handler
 
 
-Refused = Callable[[str, Headers, grpc.StatusCode], None]
+Refused = Callable[[str, Headers, StatusCode], None]
 
 
 class Method(NamedTuple):
@@ -51,14 +50,14 @@ class Method(NamedTuple):
 class Abort(Exception):
     """`context.abort(code, details)`: the call ends with this status."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, code: StatusCode, details: str) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
 
 
 class NativeContext:
-    """What the daemon's servicers ask of a grpc.aio ServicerContext, for one native call."""
+    """What the daemon's servicers ask of a gRPC ServicerContext, for one native call."""
 
     __slots__ = ("_deadline", "_loop", "_metadata", "initial_metadata")
 
@@ -80,7 +79,7 @@ class NativeContext:
     async def send_initial_metadata(self, metadata: Any) -> None:
         self.initial_metadata = [(str(k), str(v)) for k, v in metadata]
 
-    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+    async def abort(self, code: StatusCode, details: str = "") -> None:
         raise Abort(code, details)
 
 
@@ -122,7 +121,7 @@ class NativeUnary:
         buffer += data
         if len(buffer) > self._limit + _PREFIX.size:
             self._buffer = bytearray()
-            self._refuse(grpc.StatusCode.RESOURCE_EXHAUSTED,
+            self._refuse(StatusCode.RESOURCE_EXHAUSTED,
                                f"{self._name}: request message of over {self._limit} bytes "
                                "is over the limit (limits.max_message)")
             return
@@ -145,9 +144,9 @@ class NativeUnary:
             started = self._task is not None
             self._cancel(None)
             if started:  # the handler's call wrapper logs it
-                self._answer_error(grpc.StatusCode.UNAVAILABLE, message)
+                self._answer_error(StatusCode.UNAVAILABLE, message)
             else:
-                self._refuse(grpc.StatusCode.UNAVAILABLE, message)
+                self._refuse(StatusCode.UNAVAILABLE, message)
 
     # -- the call -------------------------------------------------------------------------
 
@@ -158,7 +157,7 @@ class NativeUnary:
         try:
             request = self._method.decode(request_bytes)
         except DecodeError:
-            self._refuse(grpc.StatusCode.INTERNAL,
+            self._refuse(StatusCode.INTERNAL,
                                f"{self._name}: the request is not a valid message")
             return
         self._target = str(getattr(request, "target", ""))
@@ -173,17 +172,17 @@ class NativeUnary:
     def _message(self) -> bytes | None:
         buffer, self._buffer = self._buffer, bytearray()
         if len(buffer) < _PREFIX.size:
-            self._refuse(grpc.StatusCode.INTERNAL,
+            self._refuse(StatusCode.INTERNAL,
                                f"{self._name}: no request message was sent")
             return None
         compressed, size = _PREFIX.unpack_from(buffer)
         if compressed:
-            self._refuse(grpc.StatusCode.UNIMPLEMENTED,
+            self._refuse(StatusCode.UNIMPLEMENTED,
                                f"{self._name}: compressed requests are not supported",
                                [(b"grpc-accept-encoding", b"identity")])
             return None
         if size != len(buffer) - _PREFIX.size:
-            self._refuse(grpc.StatusCode.INTERNAL,
+            self._refuse(StatusCode.INTERNAL,
                                f"{self._name}: a unary call takes exactly one whole message")
             return None
         return bytes(memoryview(buffer)[_PREFIX.size:])
@@ -197,7 +196,7 @@ class NativeUnary:
             return  # the caller is gone, or the answer was given for the handler
         except Exception:  # a fault of ours: answered, logged, never a hang
             log.exception("native call failed", extra={"fields": {"method": self._name}})
-            self._answer_error(grpc.StatusCode.INTERNAL,
+            self._answer_error(StatusCode.INTERNAL,
                                f"{self._name}: internal error in the daemon (see its log)")
         else:
             self._answer(response.SerializeToString(), context)
@@ -209,7 +208,7 @@ class NativeUnary:
         if not self._finished:
             self._cancel(DEADLINE_CANCEL)
             where = f"target {self._target!r}" if self._target else self._name
-            self._answer_error(grpc.StatusCode.DEADLINE_EXCEEDED, f"{where}: deadline exceeded")
+            self._answer_error(StatusCode.DEADLINE_EXCEEDED, f"{where}: deadline exceeded")
 
     def _cancel(self, reason: str | None) -> None:
         if self._timer is not None:
@@ -230,7 +229,7 @@ class NativeUnary:
         conn.send_trailers(sid, _OK_TRAILERS)
         self._end()
 
-    def _refuse(self, code: grpc.StatusCode, message: str,
+    def _refuse(self, code: StatusCode, message: str,
                 extra: Headers | None = None) -> None:
         """Answer before the handler ran, and log the call (its wrapper never saw it)."""
         if self._finished:
@@ -239,7 +238,7 @@ class NativeUnary:
         if self._refused is not None:
             self._refused(self._name, self._headers, code)
 
-    def _answer_error(self, code: grpc.StatusCode, message: str,
+    def _answer_error(self, code: StatusCode, message: str,
                       extra: Headers | None = None) -> None:
         if self._finished:
             return
@@ -279,11 +278,10 @@ def caller_metadata(headers: Headers) -> tuple[list[tuple[str, str | bytes]], fl
 
 
 def methods(http: Any, publisher: Any, health: Any) -> dict[bytes, tuple[str, Method]]:
-    """The native methods by `:path`, answered by these servicers (the same objects the
-    internal grpc.aio server holds, so a reload's listener update reaches both)."""
+    """The native unary methods by `:path`, answered by these servicers."""
     from grpc_health.v1 import health_pb2
 
-    from sidecar._generated import sidecar_pb2
+    from sidecar.v1 import sidecar_pb2
 
     table = {
         "/sidecar.v1.HttpProxy/Call": Method(sidecar_pb2.HttpRequest.FromString, http.Call),

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sidecar.config import Config
 from sidecar.context import CallContext
 from sidecar.resilience.policy import TargetPolicy
-from sidecar.status import BY_NUMBER, StatusCode
+from sidecar.status import StatusCode
 from sidecar.telemetry.histogram import Series
 from sidecar.telemetry.logging import CALL_FIELDS, AccessLog
 from sidecar.telemetry.metrics import Metrics
@@ -66,8 +66,6 @@ class Telemetry:
     ) -> None:
         """The call ended with `status` (the daemon's gRPC status to its caller)."""
         duration = time.monotonic() - started
-        if type(status) is not StatusCode:  # grpc.StatusCode, from a caller not switched yet
-            status = BY_NUMBER[status.value[0]]
         self.active[listener] -= 1
         if self.metrics_on and target is not None and kind is not None:
             key = (target, kind, status, None if attributes is None else
