@@ -9,6 +9,9 @@ way out of one we will not decode: closing the connection.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
 from sidecar.engine.errors import ConnectionViolation, StreamViolation
 from sidecar.engine.events import (
     Event,
@@ -38,11 +41,33 @@ from sidecar.engine.streams import (
     refusal,
 )
 
+_T = TypeVar("_T")
+
 # What a header block's stream is, known from its HEADERS frame.
 _NEW = 0  # the peer opens it
 _KNOWN = 1  # in the table
 _FORGOTTEN = 2  # used before and closed since
 _MAX_GAPS = 16
+_MAX_DECODED = 32  # blocks of indexed fields remembered decoded and checked
+
+
+class _Decoded:
+    """A decoded block, and what each check made of it (reused while it means the same)."""
+
+    __slots__ = ("checked", "fields", "generation")
+
+    def __init__(self, fields: list[Field], generation: int) -> None:
+        self.fields = fields
+        self.generation = generation
+        self.checked: dict[Callable[[list[Field]], Any], Any] = {}
+
+    def check(self, check: Callable[[list[Field]], _T]) -> _T:
+        """`check(fields)`, once per block (headers.py's checks are pure; their results,
+        the event's header lists, are never changed by whoever receives them)."""
+        found = self.checked.get(check)
+        if found is None:
+            found = self.checked[check] = check(self.fields)
+        return cast("_T", found)
 
 
 class HeaderBlocks:
@@ -74,6 +99,10 @@ class HeaderBlocks:
         self._block_size = 0
         self._block_end_stream = False
         self._block_self_dependent = False
+        # Gateways and load generators send the same blocks again and again (responses,
+        # trailers, repeated requests): a block of indexed fields only leaves the HPACK
+        # table as it was, so while no other block came, it decodes to what it did before.
+        self._decoded: dict[bytes, _Decoded] = {}
 
     def _begin_block(
         self, stream_id: int, fragment: bytes, end_headers: bool, end_stream: bool,
@@ -133,13 +162,21 @@ class HeaderBlocks:
         self, stream_id: int, kind: int, block: bytes, end_stream: bool, self_dependent: bool,
         events: list[Event],
     ) -> None:
-        fields = self._codec.decode(block)
+        codec = self._codec
+        generation = codec.generation
+        decoded = self._decoded.get(block)
+        if decoded is None or decoded.generation != generation:
+            decoded = _Decoded(codec.decode(block), generation)
+            if codec.generation == generation:  # indexed fields only: worth remembering
+                if len(self._decoded) >= _MAX_DECODED:
+                    self._decoded.clear()
+                self._decoded[block] = decoded
         try:
             if kind == _NEW:
-                self._open_remote(stream_id, fields, end_stream, self_dependent, events)
+                self._open_remote(stream_id, decoded, end_stream, self_dependent, events)
             elif kind == _KNOWN:
                 self._known_block(
-                    self._streams[stream_id], fields, end_stream, self_dependent, events
+                    self._streams[stream_id], decoded, end_stream, self_dependent, events
                 )
             else:
                 self._refuse(stream_id, None, RECV_HEADERS)
@@ -147,7 +184,7 @@ class HeaderBlocks:
             raise StreamViolation(stream_id, ErrorCode.PROTOCOL_ERROR, str(exc)) from None
 
     def _open_remote(
-        self, stream_id: int, fields: list[Field], end_stream: bool, self_dependent: bool,
+        self, stream_id: int, decoded: _Decoded, end_stream: bool, self_dependent: bool,
         events: list[Event],
     ) -> None:
         if self._goaway_last is not None and stream_id > self._goaway_last:
@@ -159,7 +196,7 @@ class HeaderBlocks:
             raise StreamViolation(
                 stream_id, ErrorCode.REFUSED_STREAM, "MAX_CONCURRENT_STREAMS reached"
             )
-        headers, never_indexed = request_headers(fields)
+        headers, never_indexed = decoded.check(request_headers)
         stream = Stream(
             stream_id, TRANSITIONS[(IDLE, RECV_HEADERS)], self._peer_initial_window,
             self._limits.initial_window,
@@ -173,7 +210,7 @@ class HeaderBlocks:
             self._apply_input(stream, RECV_END_STREAM)
 
     def _known_block(
-        self, stream: Stream, fields: list[Field], end_stream: bool, self_dependent: bool,
+        self, stream: Stream, decoded: _Decoded, end_stream: bool, self_dependent: bool,
         events: list[Event],
     ) -> None:
         stream_id = stream.stream_id
@@ -182,7 +219,7 @@ class HeaderBlocks:
         if self_dependent:
             raise MalformedHeaders("stream depends on itself")
         if not stream.headers_received:
-            headers, never_indexed, informational = response_headers(fields)
+            headers, never_indexed, informational = decoded.check(response_headers)
             if informational:
                 if end_stream:
                     raise MalformedHeaders("informational response with END_STREAM")
@@ -192,7 +229,7 @@ class HeaderBlocks:
         else:
             if not end_stream:
                 raise MalformedHeaders("trailers without END_STREAM")
-            headers, never_indexed = trailer_headers(fields)
+            headers, never_indexed = decoded.check(trailer_headers)
             events.append(TrailersReceived(stream_id, headers, never_indexed))
         if end_stream:
             self._apply_input(stream, RECV_END_STREAM)

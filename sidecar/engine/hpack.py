@@ -39,9 +39,12 @@ Field = tuple[bytes, bytes, bool]
 class HeaderCodec:
     """HPACK encoder and decoder of one connection."""
 
-    __slots__ = ("_decoder", "_encoder", "_max_table")
+    __slots__ = ("_decoder", "_encoder", "_max_table", "generation")
 
     def __init__(self, max_header_list_size: int, max_encoder_table_size: int) -> None:
+        self.generation = 0
+        """Changes whenever a decoded block may have changed the decoder's table: a block of
+        only indexed fields decodes to what it did before while this stays the same."""
         self._decoder = Decoder(max_header_list_size=max_header_list_size)
         self._encoder = Encoder()
         self._max_table = max_encoder_table_size
@@ -50,8 +53,10 @@ class HeaderCodec:
 
     def decode(self, block: bytes) -> list[Field]:
         """Fields of a complete header block; ConnectionViolation if it cannot be decoded."""
-        if block.translate(None, _ONE_BYTE_INDEXED) and not ends_on_boundary(block):
-            raise ConnectionViolation(ErrorCode.COMPRESSION_ERROR, "truncated header block")
+        if block.translate(None, _ONE_BYTE_INDEXED):
+            self.generation += 1
+            if not ends_on_boundary(block):
+                raise ConnectionViolation(ErrorCode.COMPRESSION_ERROR, "truncated header block")
         try:
             return cast("list[Field]", self._decoder.decode(block, raw=True))
         except OversizedHeaderListError:
@@ -75,6 +80,10 @@ class HeaderCodec:
             fields = [(n, v, n in SENSITIVE) for n, v in headers]
         block: bytes = self._encoder.encode(fields, huffman=HUFFMAN)
         return block
+
+    def indexed_only(self, block: bytes) -> bool:
+        """True for a block of one-byte indexed fields only (it leaves the table as it is)."""
+        return not block.translate(None, _ONE_BYTE_INDEXED)
 
     def set_peer_table_size(self, size: int) -> None:
         """Apply the peer's SETTINGS_HEADER_TABLE_SIZE, capped by our own limit."""

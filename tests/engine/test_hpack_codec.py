@@ -6,9 +6,10 @@ import pytest
 from jh2._hazmat import Decoder, Encoder, HPACKError, OversizedHeaderListError
 
 from sidecar.engine.errors import ConnectionViolation
+from sidecar.engine.events import RequestReceived
 from sidecar.engine.frames import ErrorCode
 from sidecar.engine.hpack import HeaderCodec, ends_on_boundary
-from tests.engine.wire import REQUEST
+from tests.engine.wire import REQUEST, raw_frame, server
 
 
 def fields(
@@ -155,3 +156,34 @@ def test_codec_caps_the_peer_table_size() -> None:
     codec.set_peer_table_size(100)
     decoder = Decoder()
     assert decoder.decode(codec.encode(REQUEST), raw=True) == fields(REQUEST)
+
+
+def _request_block(*extra: bytes) -> bytes:
+    # :method POST, :scheme http, :path / (static table 3, 6, 4), then the given fields
+    return bytes([0x83, 0x86, 0x84]) + b"".join(extra)
+
+
+def _literal_indexed(name: bytes, value: bytes) -> bytes:
+    """A literal header field with incremental indexing, new name (RFC 7541 6.2.1)."""
+    return bytes([0x40, len(name)]) + name + bytes([len(value)]) + value
+
+
+def test_a_repeated_indexed_block_decodes_under_the_table_of_its_time() -> None:
+    """The engine remembers blocks of indexed fields decoded; the same bytes after the
+    table changed must decode to the table's new entry, not the remembered one."""
+    conn = server()
+    first_entry = bytes([0xBE])  # dynamic table index 62: the newest entry
+    blocks = [
+        _request_block(_literal_indexed(b"x-a", b"1")),
+        _request_block(first_entry),
+        _request_block(first_entry),  # the same bytes, nothing changed: x-a again
+        _request_block(_literal_indexed(b"x-b", b"2")),
+        _request_block(first_entry),  # the same bytes again, now meaning x-b
+    ]
+    seen = []
+    for i, block in enumerate(blocks):
+        frame = raw_frame(0x1, 0x4 | 0x1, 2 * i + 1, block)  # HEADERS, END_HEADERS|END_STREAM
+        [event] = [e for e in conn.receive(frame) if isinstance(e, RequestReceived)]
+        seen.append([kv for kv in event.headers if kv[0].startswith(b"x-")])
+    assert seen == [[(b"x-a", b"1")], [(b"x-a", b"1")], [(b"x-a", b"1")],
+                    [(b"x-b", b"2")], [(b"x-b", b"2")]]
