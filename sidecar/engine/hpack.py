@@ -43,8 +43,8 @@ class HeaderCodec:
 
     def __init__(self, max_header_list_size: int, max_encoder_table_size: int) -> None:
         self.generation = 0
-        """Changes whenever a decoded block may have changed the decoder's table: a block of
-        only indexed fields decodes to what it did before while this stays the same."""
+        """Changes whenever a decoded block may have changed the decoder's table: a block
+        that does not change it decodes to what it did before while this stays the same."""
         self._decoder = Decoder(max_header_list_size=max_header_list_size)
         self._encoder = Encoder()
         self._max_table = max_encoder_table_size
@@ -54,9 +54,11 @@ class HeaderCodec:
     def decode(self, block: bytes) -> list[Field]:
         """Fields of a complete header block; ConnectionViolation if it cannot be decoded."""
         if block.translate(None, _ONE_BYTE_INDEXED):
-            self.generation += 1
-            if not ends_on_boundary(block):
+            changes = scan(block)
+            if changes is None:
                 raise ConnectionViolation(ErrorCode.COMPRESSION_ERROR, "truncated header block")
+            if changes:
+                self.generation += 1
         try:
             return cast("list[Field]", self._decoder.decode(block, raw=True))
         except OversizedHeaderListError:
@@ -81,10 +83,6 @@ class HeaderCodec:
         block: bytes = self._encoder.encode(fields, huffman=HUFFMAN)
         return block
 
-    def indexed_only(self, block: bytes) -> bool:
-        """True for a block of one-byte indexed fields only (it leaves the table as it is)."""
-        return not block.translate(None, _ONE_BYTE_INDEXED)
-
     def set_peer_table_size(self, size: int) -> None:
         """Apply the peer's SETTINGS_HEADER_TABLE_SIZE, capped by our own limit."""
         size = min(size, self._max_table)
@@ -94,36 +92,46 @@ class HeaderCodec:
 
 def ends_on_boundary(block: bytes) -> bool:
     """True when every HPACK representation in the block (RFC 7541 section 6) ends inside it."""
+    return scan(block) is not None
+
+
+def scan(block: bytes) -> bool | None:
+    """None when a representation of the block (RFC 7541 section 6) does not end inside it;
+    else whether the block changes the dynamic table (a literal with incremental indexing
+    or a table size update; indexed fields and literals without indexing leave it as is)."""
     end = len(block)
     i = 0
+    changes = False
     while i < end:
         first = block[i]
         if first & 0x80:  # indexed field, 7-bit index
             mask, strings = 0x7F, 0
         elif first & 0x40:  # literal with incremental indexing, 6-bit name index
             mask, strings = 0x3F, 1 if first & 0x3F else 2
+            changes = True
         elif first & 0x20:  # dynamic table size update, 5-bit size
             mask, strings = 0x1F, 0
+            changes = True
         else:  # literal without indexing or never indexed, 4-bit name index
             mask, strings = 0x0F, 1 if first & 0x0F else 2
         i += 1
         if first & mask == mask:
             while True:
                 if i >= end:
-                    return False
+                    return None
                 i += 1
                 if not block[i - 1] & 0x80:
                     break
         while strings:
             if i >= end:
-                return False
+                return None
             length = block[i] & 0x7F
             i += 1
             if length == 0x7F:
                 shift = 0
                 while True:
                     if i >= end or shift > 28:
-                        return False
+                        return None
                     byte = block[i]
                     i += 1
                     length += (byte & 0x7F) << shift
@@ -133,5 +141,5 @@ def ends_on_boundary(block: bytes) -> bool:
             i += length
             strings -= 1
         if i > end:
-            return False
-    return True
+            return None
+    return changes

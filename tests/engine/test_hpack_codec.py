@@ -9,7 +9,7 @@ from sidecar.engine.errors import ConnectionViolation
 from sidecar.engine.events import RequestReceived
 from sidecar.engine.frames import ErrorCode
 from sidecar.engine.hpack import HeaderCodec, ends_on_boundary
-from tests.engine.wire import REQUEST, raw_frame, server
+from tests.engine.wire import REQUEST, goaway_code, raw_frame, server
 
 
 def fields(
@@ -187,3 +187,15 @@ def test_a_repeated_indexed_block_decodes_under_the_table_of_its_time() -> None:
         seen.append([kv for kv in event.headers if kv[0].startswith(b"x-")])
     assert seen == [[(b"x-a", b"1")], [(b"x-a", b"1")], [(b"x-a", b"1")],
                     [(b"x-b", b"2")], [(b"x-b", b"2")]]
+
+
+def test_a_remembered_block_is_not_reused_after_the_table_was_emptied() -> None:
+    conn = server()
+    blocks = [_request_block(_literal_indexed(b"x-a", b"1")),
+              _request_block(bytes([0xBE])),
+              bytes([0x20]) + _request_block(),  # dynamic table size update to 0: evicts all
+              _request_block(bytes([0xBE]))]  # index 62 names nothing now
+    events = [conn.receive(raw_frame(0x1, 0x5, 2 * i + 1, block))
+              for i, block in enumerate(blocks)]
+    assert [type(e).__name__ for e in events[-1]] == ["ConnectionTerminated"]
+    assert goaway_code(conn) == ErrorCode.COMPRESSION_ERROR
