@@ -90,7 +90,7 @@ class Daemon:
             self.admin = AdminServer(self.config.admin, self.readiness, self.status,
                                      self.telemetry.metrics.render)
             await self.admin.start()
-        await self.health.refresh()
+        self.health.refresh()
         self._spawn(self._refresh_health())
         if self.notifier.watchdog_interval:
             self._spawn(self._watchdog(self.notifier.watchdog_interval))
@@ -139,7 +139,7 @@ class Daemon:
         self.telemetry.access.configure(config.log.access)
         self._retire(old, config.drain_timeout)
         self._watch(config)
-        await self.health.refresh()
+        self.health.refresh()
         self.notifier.ready()
         log.info("reloaded", extra={"fields": {"config": self.config_path}})
 
@@ -154,7 +154,7 @@ class Daemon:
         log.info("stopping", extra={"fields": {"drain_timeout_s": drain}})
         if self.watcher is not None:
             self.watcher.close()
-        await self.health.shutting_down()
+        self.health.shutting_down()
         listeners = list(self.listeners.values())  # kept meanwhile: /status shows the drain
         draining = asyncio.gather(*(s.stop(drain) for s in listeners))
         if not await self._unless_forced(draining):
@@ -277,12 +277,13 @@ class Daemon:
         return work.done()
 
     def _breaker_changed(self, target: str, state: str) -> None:
-        self._spawn(self.health.refresh())
+        # After the breaker's transition is over, not inside it.
+        asyncio.get_running_loop().call_soon(self.health.refresh)
 
     async def _refresh_health(self) -> None:
         while True:
             await asyncio.sleep(_HEALTH_REFRESH)
-            await self.health.refresh()
+            self.health.refresh()
 
     async def _watchdog(self, interval: float) -> None:
         while True:

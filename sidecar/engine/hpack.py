@@ -90,11 +90,6 @@ class HeaderCodec:
             self._encoder.header_table_size = size
 
 
-def ends_on_boundary(block: bytes) -> bool:
-    """True when every HPACK representation in the block (RFC 7541 section 6) ends inside it."""
-    return scan(block) is not None
-
-
 def scan(block: bytes) -> bool | None:
     """None when a representation of the block (RFC 7541 section 6) does not end inside it;
     else whether the block changes the dynamic table (a literal with incremental indexing

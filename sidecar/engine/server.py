@@ -36,7 +36,7 @@ from sidecar.engine.events import (
 )
 from sidecar.engine.frames import MAX_STREAM_ID, ErrorCode
 from sidecar.engine.limits import EngineLimits
-from sidecar.engine.relay import error_block
+from sidecar.engine.status_block import error_block
 from sidecar.engine.transport import H2Protocol
 from sidecar.errors import ListenerError
 from sidecar.listeners import _umask_for, prepare_socket_path
@@ -276,7 +276,7 @@ class EngineListener:
         self._streaming = {
             b"/grpc.health.v1.Health/Watch": (
                 "/grpc.health.v1.Health/Watch",
-                native_stream.StreamMethod(health_request, health.state.watch_session)),
+                health.state.watch_method()),
             **reflection.methods(),
         }
         self._max_message = max_message
@@ -387,12 +387,6 @@ class EngineListener:
                 if not conn.streams and conn.idle_since < limit:
                     conn.close_idle()
 
-
-
-def health_request(payload: bytes) -> object:
-    from grpc_health.v1 import health_pb2
-
-    return health_pb2.HealthCheckRequest.FromString(payload)
 
 
 class _Opening:

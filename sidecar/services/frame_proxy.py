@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from sidecar.context import CallContext, build_context, require_identity
 from sidecar.engine.events import Headers
 from sidecar.engine.frames import ErrorCode
-from sidecar.engine.relay import error_block
+from sidecar.engine.status_block import error_block
 from sidecar.errors import (
     LimitExceededError,
     SidecarError,

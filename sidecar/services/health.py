@@ -12,7 +12,7 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2
 
-from sidecar.services.native_stream import NativeStream, Session
+from sidecar.services.native_stream import NativeStream, Session, StreamMethod
 from sidecar.status import StatusCode
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -82,8 +82,10 @@ class HealthState:
             await context.abort(StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
         return health_pb2.HealthCheckResponse(status=status)
 
-    def watch_session(self, call: NativeStream) -> Session:
-        return Watch(self, call)
+    def watch_method(self) -> StreamMethod:
+        """Health/Watch as a streaming method of the engine."""
+        return StreamMethod(health_pb2.HealthCheckRequest.FromString,
+                            lambda call: Watch(self, call))
 
 
 class Watch(Session):
@@ -133,14 +135,11 @@ class HealthReporter:
     """The daemon's health state, refreshed from the targets' state."""
 
     def __init__(self, target_health: Callable[[], dict[str, bool]]) -> None:
-        self.state = HealthState(self.refresh_now)
+        self.state = HealthState(self.refresh)
         self._target_health = target_health
         self._known: dict[str, bool] = {}
 
-    async def refresh(self) -> None:
-        self.refresh_now()
-
-    def refresh_now(self) -> None:
+    def refresh(self) -> None:
         """Publish each target's current health; forget targets a reload removed."""
         current = self._target_health()
         for name, healthy in current.items():
@@ -150,5 +149,5 @@ class HealthReporter:
             self.state.forget(name)
         self._known = current
 
-    async def shutting_down(self) -> None:
+    def shutting_down(self) -> None:
         self.state.shut_down()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from sidecar.engine.events import Headers
-from sidecar.engine.relay import error_block
+from sidecar.engine.status_block import error_block
 from sidecar.services.api_call import DEADLINE_CANCEL
 from sidecar.services.frame_proxy import parse_timeout
 from sidecar.status import StatusCode
@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sidecar.native")
 
-_PREFIX = struct.Struct(">BI")  # gRPC message framing: compressed flag, length
-_RESPONSE_HEADERS: Headers = [(b":status", b"200"), (b"content-type", b"application/grpc")]
-_OK_TRAILERS: Headers = [(b"grpc-status", b"0")]
+PREFIX = struct.Struct(">BI")  # gRPC message framing: compressed flag, length
+RESPONSE_HEADERS: Headers = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+OK_TRAILERS: Headers = [(b"grpc-status", b"0")]
 _DEADLINE_SLACK = 0.05  # seconds past the caller's deadline before we answer for the handler
 
 
@@ -119,7 +119,7 @@ class NativeUnary:
             return
         buffer = self._buffer
         buffer += data
-        if len(buffer) > self._limit + _PREFIX.size:
+        if len(buffer) > self._limit + PREFIX.size:
             self._buffer = bytearray()
             self._refuse(StatusCode.RESOURCE_EXHAUSTED,
                                f"{self._name}: request message of over {self._limit} bytes "
@@ -171,21 +171,21 @@ class NativeUnary:
 
     def _message(self) -> bytes | None:
         buffer, self._buffer = self._buffer, bytearray()
-        if len(buffer) < _PREFIX.size:
+        if len(buffer) < PREFIX.size:
             self._refuse(StatusCode.INTERNAL,
                                f"{self._name}: no request message was sent")
             return None
-        compressed, size = _PREFIX.unpack_from(buffer)
+        compressed, size = PREFIX.unpack_from(buffer)
         if compressed:
             self._refuse(StatusCode.UNIMPLEMENTED,
                                f"{self._name}: compressed requests are not supported",
                                [(b"grpc-accept-encoding", b"identity")])
             return None
-        if size != len(buffer) - _PREFIX.size:
+        if size != len(buffer) - PREFIX.size:
             self._refuse(StatusCode.INTERNAL,
                                f"{self._name}: a unary call takes exactly one whole message")
             return None
-        return bytes(memoryview(buffer)[_PREFIX.size:])
+        return bytes(memoryview(buffer)[PREFIX.size:])
 
     async def _run(self, request: Any, context: NativeContext) -> None:
         try:
@@ -224,9 +224,9 @@ class NativeUnary:
         if self._finished:
             return
         conn, sid = self._conn, self._sid
-        conn.send_headers(sid, [*_RESPONSE_HEADERS, *_metadata_block(context.initial_metadata)])
-        conn.send_data(sid, _PREFIX.pack(0, len(payload)) + payload, False)
-        conn.send_trailers(sid, _OK_TRAILERS)
+        conn.send_headers(sid, [*RESPONSE_HEADERS, *_metadata_block(context.initial_metadata)])
+        conn.send_data(sid, PREFIX.pack(0, len(payload)) + payload, False)
+        conn.send_trailers(sid, OK_TRAILERS)
         self._end()
 
     def _refuse(self, code: StatusCode, message: str,

@@ -10,23 +10,19 @@ are not acknowledged, so the caller's own window bounds what it can make us hold
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from sidecar.engine.events import Headers
-from sidecar.engine.relay import error_block
+from sidecar.engine.status_block import error_block
 from sidecar.services.frame_proxy import parse_timeout
+from sidecar.services.native import OK_TRAILERS, PREFIX, RESPONSE_HEADERS
 from sidecar.status import StatusCode
 
 if TYPE_CHECKING:
     from sidecar.engine.server import CallerConnection
-
-_PREFIX = struct.Struct(">BI")  # gRPC message framing: compressed flag, length
-_RESPONSE_HEADERS: Headers = [(b":status", b"200"), (b"content-type", b"application/grpc")]
-_OK_TRAILERS: Headers = [(b"grpc-status", b"0")]
 
 
 class Session:
@@ -80,10 +76,6 @@ class NativeStream:
         """The method, `/package.Service/Method`, for messages."""
         return self._name
 
-    @property
-    def finished(self) -> bool:
-        return self._finished
-
     # -- caller side ----------------------------------------------------------------------
 
     def caller_data(self, data: memoryview | bytes, length: int, end_stream: bool) -> None:
@@ -117,16 +109,16 @@ class NativeStream:
         conn, sid = self._conn, self._sid
         if not self._headers_sent:
             self._headers_sent = True
-            conn.send_headers(sid, _RESPONSE_HEADERS)
+            conn.send_headers(sid, RESPONSE_HEADERS)
         payload = message.SerializeToString()
-        conn.send_data(sid, _PREFIX.pack(0, len(payload)) + payload, False)
+        conn.send_data(sid, PREFIX.pack(0, len(payload)) + payload, False)
 
     def finish(self, code: StatusCode = StatusCode.OK, message: str = "") -> None:
         """End the call with this status (trailers, or a trailers-only response)."""
         if self._finished:
             return
         if code is StatusCode.OK and self._headers_sent:
-            trailers = _OK_TRAILERS
+            trailers = OK_TRAILERS
         else:
             trailers = error_block(code.value[0], message, self._headers_sent)
         self._headers_sent = True
@@ -144,9 +136,9 @@ class NativeStream:
             if conn.blocked(sid):
                 conn.wait_writable(sid, self)
                 return  # the rest stays unacknowledged until the caller reads
-            if len(buffer) < _PREFIX.size:
+            if len(buffer) < PREFIX.size:
                 break
-            compressed, size = _PREFIX.unpack_from(buffer)
+            compressed, size = PREFIX.unpack_from(buffer)
             if compressed:
                 self.finish(StatusCode.UNIMPLEMENTED,
                             f"{self._name}: compressed requests are not supported")
@@ -156,10 +148,10 @@ class NativeStream:
                             f"{self._name}: request message of {size} bytes is over the "
                             f"{self._limit}-byte limit (limits.max_message)")
                 return
-            end = _PREFIX.size + size
+            end = PREFIX.size + size
             if len(buffer) < end:
                 break
-            payload = bytes(memoryview(buffer)[_PREFIX.size:end])
+            payload = bytes(memoryview(buffer)[PREFIX.size:end])
             del buffer[:end]
             try:
                 request = self._method.decode(payload)

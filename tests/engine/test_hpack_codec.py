@@ -8,7 +8,7 @@ from jh2._hazmat import Decoder, Encoder, HPACKError, OversizedHeaderListError
 from sidecar.engine.errors import ConnectionViolation
 from sidecar.engine.events import RequestReceived
 from sidecar.engine.frames import ErrorCode
-from sidecar.engine.hpack import HeaderCodec, ends_on_boundary
+from sidecar.engine.hpack import HeaderCodec, scan
 from tests.engine.wire import REQUEST, goaway_code, raw_frame, server
 
 
@@ -109,16 +109,16 @@ def test_decoder_refuses_a_table_size_update_above_its_maximum() -> None:
     ],
 )
 def test_truncated_blocks_do_not_end_on_a_representation_boundary(block: bytes) -> None:
-    assert not ends_on_boundary(block)
+    assert scan(block) is None
 
 
 @pytest.mark.parametrize("huffman", [True, False])
 def test_encoded_blocks_end_on_a_representation_boundary(huffman: bool) -> None:
     encoder = Encoder()
     for _ in range(3):
-        assert ends_on_boundary(encoder.encode(fields(REQUEST), huffman=huffman))
+        assert scan(encoder.encode(fields(REQUEST), huffman=huffman)) is not None
     long_value = [(b"x-long", b"v" * 300, False)]
-    assert ends_on_boundary(encoder.encode(long_value, huffman=huffman))
+    assert scan(encoder.encode(long_value, huffman=huffman)) is not None
 
 
 def test_codec_refuses_truncated_blocks_without_reaching_the_rust_decoder() -> None:
