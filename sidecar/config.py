@@ -19,11 +19,36 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 
 
+UNKNOWN_PEER = ("reject", "allow")  # identity.unknown_peer
+RATE_LIMIT_PER = ("listener", "caller")  # rate_limit.per
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRule:
+    """`identity.peers[]`: a connecting process with this uid (or gid) is `user_id`."""
+
+    user_id: str
+    uid: int | None = None
+    gid: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     user_id: str | None = None
     trust_caller: bool = True
     require_user: bool = False
+    peers: tuple[PeerRule, ...] = ()  # first match wins
+    # The loader's default: reject once `peers` is given, allow (as before) without it.
+    unknown_peer: str = "allow"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """`rate` calls a second (with `burst` saved), for the listener or for each caller."""
+
+    rate: float
+    burst: int
+    per: str = "listener"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +66,8 @@ class Listener:
     identity: Identity = field(default_factory=Identity)
     default_target: str | None = None
     routes: tuple[Route, ...] = ()
+    targets: tuple[str, ...] | None = None  # allow-list of names or globs; None: all
+    rate_limit: RateLimit | None = None
     engine: str = "frames"  # the daemon's own HTTP/2 engine (sidecar/engine/), the only one
     idle_timeout: float = 300.0  # seconds a caller connection may stay without streams
     max_connections: int = 1000  # caller connections per listener; more are closed
@@ -142,13 +169,33 @@ class Tls:
     insecure_skip_verify: bool = False
 
 
+# What a caller may send for the identity the daemon injects (DESIGN.md, "Metadata"):
+# never forwarded as the caller sent it, to a target of any kind.
+CALLER_IDENTITY_NAMES = (
+    "x-user-id", "user-id", "x-correlation-id", "correlation-id", "request-id",
+    "x-request-id", "traceparent", "tracestate",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class MetadataNames:
-    """Names the identity metadata carries upstream (per target, per kind)."""
+    """Names the identity metadata carries upstream (per target, per kind).
+
+    `reserved` is every name, lower case, a caller's metadata may not carry to this
+    target: the names above, the contract's caller-side names, and their `-bin` forms."""
 
     user_id: str
     correlation_id: str
     request_id: str
+    caller_uid: str | None = None  # the peer's uid; not sent unless named
+    reserved: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = {self.user_id, self.correlation_id, self.request_id, *CALLER_IDENTITY_NAMES}
+        if self.caller_uid is not None:
+            names.add(self.caller_uid)
+        lower = {n.lower() for n in names}
+        object.__setattr__(self, "reserved", frozenset(lower | {f"{n}-bin" for n in lower}))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

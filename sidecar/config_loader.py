@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import ssl
@@ -15,6 +16,8 @@ from sidecar.config import (
     GRPC_CODES,
     LOG_LEVELS,
     MAX_SOCKET_PATH,
+    RATE_LIMIT_PER,
+    UNKNOWN_PEER,
     Admin,
     Backoff,
     Breaker,
@@ -34,7 +37,9 @@ from sidecar.config import (
     MetadataNames,
     MetricsConfig,
     Outlier,
+    PeerRule,
     Producer,
+    RateLimit,
     Reload,
     Retry,
     Route,
@@ -70,6 +75,14 @@ _GRPC_ADDRESS = re.compile(
     r"^(unix:/.+|unix-abstract:.+|dns:(//[^/]*)?/.+|ipv4:.+|ipv6:.+|[^/\s]+:\d+)$"
 )
 _KAFKA_ACKS = ("all", "-1", "0", "1")
+# `rate_limit.rate`: calls per unit (`100/s`, `6000/m`) or per duration (`5/250ms`).
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*(us|ms|s|m|h)\s*$")
+_RATE_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+LISTENER_KEYS = (
+    "name", "socket", "mode", "identity", "default_target", "routes", "targets", "rate_limit",
+    "engine", "idle_timeout", "max_connections",
+)
+IDENTITY_KEYS = ("user_id", "trust_caller", "require_user", "peers", "unknown_peer")
 _COMPRESSION = ("none", "gzip", "snappy", "lz4", "zstd")
 
 
@@ -209,7 +222,7 @@ def _targets(top: Section, defaults: Defaults) -> dict[str, Target]:
 
 def _policy(s: Section, kind: str, d: Defaults) -> dict[str, Any]:
     names = METADATA_DEFAULTS[kind]
-    m = s.section("metadata", ("user_id", "correlation_id", "request_id"))
+    m = s.section("metadata", ("user_id", "correlation_id", "request_id", "caller_uid"))
     return {
         "timeout": s.duration("timeout", d.timeout),
         "retry": _retry(s.section("retry", RETRY_KEYS), d.retry),
@@ -220,6 +233,7 @@ def _policy(s: Section, kind: str, d: Defaults) -> dict[str, Any]:
             m.string("user_id", names.user_id),
             m.string("correlation_id", names.correlation_id),
             m.string("request_id", names.request_id),
+            m.optional_string("caller_uid"),
         ),
     }
 
@@ -377,11 +391,7 @@ def _listeners(top: Section, targets: Mapping[str, Target]) -> tuple[Listener, .
     names: set[str] = set()
     sockets: set[str] = set()
     for path, raw in entries:
-        s = Section(
-            top.problems, raw, path,
-            ("name", "socket", "mode", "identity", "default_target", "routes", "engine",
-             "idle_timeout", "max_connections"),
-        )
+        s = Section(top.problems, raw, path, LISTENER_KEYS)
         listener = _listener(s, targets)
         if listener.name in names:
             s.fail("name", f"duplicate listener name {listener.name!r}")
@@ -400,21 +410,18 @@ def _listener(s: Section, targets: Mapping[str, Target]) -> Listener:
         s.fail("socket", "must be an absolute path")
     elif (size := len(os.fsencode(socket))) > MAX_SOCKET_PATH:
         s.fail("socket", f"path is {size} bytes, over the {MAX_SOCKET_PATH}-byte Unix socket limit")
-    i = s.section("identity", ("user_id", "trust_caller", "require_user"))
-    identity = Identity(
-        user_id=i.optional_string("user_id"),
-        trust_caller=i.boolean("trust_caller", True),
-        require_user=i.boolean("require_user", False),
-    )
+    identity = _identity(s.section("identity", IDENTITY_KEYS))
+    allowed = s.string_list("targets") if s.has("targets") else None
     default_target = s.optional_string("default_target")
     if default_target is not None:
-        _check_grpc_target(s, "default_target", default_target, targets)
+        _check_grpc_target(s, "default_target", default_target, targets, allowed)
     routes = []
     for path, raw in s.items("routes"):
         r = Section(s.problems, raw, path, ("service", "target"))
         service, target = r.required_string("service"), r.required_string("target")
         if target:
-            _check_grpc_target(r, "target", target, targets)
+            _check_grpc_target(r, "target", target, targets, allowed,
+                               s.key_path("targets"))
         routes.append(Route(service, target, glob_pattern(service)))
     base = Listener(name, socket)
     if s.raw.get("engine") == "grpcio":
@@ -422,20 +429,72 @@ def _listener(s: Section, targets: Mapping[str, Target]) -> Listener:
                          "HTTP/2 engine (frames); remove the key")
     return Listener(
         name=name, socket=socket, mode=_mode(s), identity=identity,
-        default_target=default_target, routes=tuple(routes),
+        default_target=default_target, routes=tuple(routes), targets=allowed,
+        rate_limit=_rate_limit(s) if s.has("rate_limit") else None,
         engine=s.string("engine", base.engine, choices=(*ENGINES, "grpcio")),
         idle_timeout=s.duration("idle_timeout", base.idle_timeout),
         max_connections=s.integer("max_connections", base.max_connections, minimum=1),
     )
 
 
-def _check_grpc_target(s: Section, key: str, name: str, targets: Mapping[str, Target]) -> None:
+def _identity(i: Section) -> Identity:
+    peers = []
+    for path, raw in i.items("peers"):
+        p = Section(i.problems, raw, path, ("uid", "gid", "user_id"))
+        user_id = p.required_string("user_id")
+        if p.has("uid") == p.has("gid"):
+            i.problems.add(path, "give exactly one of uid or gid (with user_id)")
+        peers.append(PeerRule(
+            user_id=user_id,
+            uid=p.integer("uid", 0, minimum=0) if p.has("uid") else None,
+            gid=p.integer("gid", 0, minimum=0) if p.has("gid") else None,
+        ))
+    return Identity(
+        user_id=i.optional_string("user_id"),
+        trust_caller=i.boolean("trust_caller", True),
+        require_user=i.boolean("require_user", False),
+        peers=tuple(peers),
+        unknown_peer=i.string("unknown_peer", "reject" if peers else "allow",
+                              choices=UNKNOWN_PEER),
+    )
+
+
+def _rate_limit(s: Section) -> RateLimit:
+    r = s.section("rate_limit", ("rate", "burst", "per"))
+    value = r.raw.get("rate")
+    match = _RATE.match(value) if isinstance(value, str) else None
+    rate = 1.0
+    if value is None:
+        r.fail("rate", "is required (calls per time, like 100/s)")
+    elif match is None:
+        shown = r.problems.show(r.key_path("rate"), value)
+        r.fail("rate", f"must be calls per time, like 100/s, 6000/m or 5/250ms, got {shown}")
+    else:
+        per = float(match.group(2) or 1) * _RATE_UNITS[match.group(3)]
+        if float(match.group(1)) <= 0 or per <= 0:
+            r.fail("rate", "must be > 0")
+        else:
+            rate = float(match.group(1)) / per
+    return RateLimit(
+        rate=rate,
+        burst=r.integer("burst", max(1, math.ceil(rate)), minimum=1),
+        per=r.string("per", "listener", choices=RATE_LIMIT_PER),
+    )
+
+
+def _check_grpc_target(
+    s: Section, key: str, name: str, targets: Mapping[str, Target],
+    allowed: tuple[str, ...] | None = None, allowed_key: str | None = None,
+) -> None:
     target = targets.get(name)
     shown = s.problems.show(s.key_path(key), name)
     if target is None:
         s.fail(key, f"no target named {shown}")
     elif not isinstance(target, GrpcTarget):
         s.fail(key, f"target {shown} is {target.kind}, routes need a grpc target")
+    elif allowed is not None and not any(glob_pattern(g).match(name) for g in allowed):
+        s.fail(key, f"target {shown} is not in {allowed_key or s.key_path('targets')}, "
+                    "the listener's allow-list")
 
 
 def _mode(s: Section) -> int:

@@ -1,8 +1,9 @@
 """Per-call context: who is calling, the ids that follow the call, its trace.
 
-Built once per incoming call from the caller's metadata and the listener's
-identity policy; protocol-free (metadata is a sequence of name/value pairs),
-so every engine and upstream kind shares it.
+Built once per incoming call from the caller's metadata, the listener's identity
+policy and the connection's peer (SO_PEERCRED); protocol-free (metadata is a sequence of
+name/value pairs), so every engine and upstream kind shares it. `caller_metadata` is the
+one filter that keeps a caller's metadata from posing as what the daemon injects.
 """
 
 from __future__ import annotations
@@ -11,21 +12,27 @@ import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sidecar.config import Identity, MetadataNames
 from sidecar.errors import UnauthenticatedError
 
 if TYPE_CHECKING:
+    from sidecar.engine.peer import Peer
     from sidecar.telemetry.tracing import CallTrace
+
+V = TypeVar("V")
 
 TARGET_KEY = "sidecar-target"
 _USER_KEYS = ("x-user-id", "user-id")
 _CORRELATION_KEYS = ("x-correlation-id", "correlation-id")
 # Metadata the daemon reads or replaces itself, and transport headers grpc sets.
-_NOT_FORWARDED = frozenset({
+_DAEMONS = frozenset({
     *_USER_KEYS, *_CORRELATION_KEYS, "request-id", "x-request-id",
     "traceparent", "tracestate", "authorization",
+})
+_NOT_FORWARDED = frozenset({
+    *_DAEMONS, *(f"{k}-bin" for k in _DAEMONS),  # a -bin form is never read, nor forwarded
     ":authority", "user-agent", "content-type", "te", "grpc-timeout",
     "grpc-encoding", "grpc-accept-encoding",
 })
@@ -57,6 +64,9 @@ class CallContext:
     authorization: str | None
     target_hint: str | None  # caller's `sidecar-target`
     passthrough: list[tuple[str, str | bytes]]  # caller metadata forwarded as is
+    peer: Peer | None = None  # the connecting process (SO_PEERCRED), when known
+    peer_user: str | None = None  # the user id `identity.peers` maps the peer to
+    caller_key: str | int | None = None  # whom a per-caller rate limit counts the call to
     trace: CallTrace | None = None  # set when tracing is on
 
     @property
@@ -73,6 +83,8 @@ class CallContext:
         out.append(("traceparent", self.traceparent))
         if self.tracestate:
             out.append(("tracestate", self.tracestate))
+        if names.caller_uid is not None and self.peer is not None:
+            out.append((names.caller_uid, str(self.peer.uid)))
         return out
 
     def begin_attempt(self, target: str) -> str:
@@ -86,8 +98,10 @@ class CallContext:
             self.trace.end_attempt(error)
 
 
-def build_context(metadata: Iterable[tuple[str, str | bytes]], identity: Identity) -> CallContext:
-    """Read the caller's metadata under a listener's identity policy."""
+def build_context(metadata: Iterable[tuple[str, str | bytes]], identity: Identity,
+                  peer: Peer | None = None) -> CallContext:
+    """Read the caller's metadata under a listener's identity policy; a peer that
+    `identity.peers` maps is its user id, whatever the caller says."""
     caller_user = correlation = traceparent = tracestate = authorization = hint = None
     passthrough: list[tuple[str, str | bytes]] = []
     for key, value in metadata:
@@ -107,7 +121,13 @@ def build_context(metadata: Iterable[tuple[str, str | bytes]], identity: Identit
             authorization = value
         elif key == TARGET_KEY:
             hint = value
-    user = caller_user if identity.trust_caller and caller_user else identity.user_id
+    peer_user = None if peer is None or not identity.peers else mapped_user(identity, peer)
+    claimed = caller_user if identity.trust_caller else None
+    user = peer_user or claimed or identity.user_id
+    if peer_user is not None or claimed:
+        caller_key: str | int | None = user
+    else:
+        caller_key = identity.user_id if peer is None else peer.uid
     if correlation is None or not _CORRELATION.fullmatch(correlation):
         correlation = new_uuid4()
     trace_id, parent, flags = _continue_trace(traceparent)
@@ -125,7 +145,28 @@ def build_context(metadata: Iterable[tuple[str, str | bytes]], identity: Identit
         authorization=authorization,
         target_hint=hint,
         passthrough=passthrough,
+        peer=peer,
+        peer_user=peer_user,
+        caller_key=caller_key,
     )
+
+
+def mapped_user(identity: Identity, peer: Peer) -> str | None:
+    """The user id of the first `identity.peers` rule the peer's uid or gid matches."""
+    uid, gid = peer.uid, peer.gid
+    for rule in identity.peers:
+        if (rule.gid == gid) if rule.uid is None else (rule.uid == uid):
+            return rule.user_id
+    return None
+
+
+def caller_metadata(pairs: Iterable[tuple[str, V]], reserved: frozenset[str]
+                    ) -> list[tuple[str, V]]:
+    """The caller's metadata (gRPC metadata, HTTP headers, Kafka headers) without the
+    names, in any case, the daemon injects for a target (`MetadataNames.reserved`, and
+    whatever else a kind adds to it): the one place a caller is kept from posing as the
+    daemon's identity, correlation or request ids, for every kind."""
+    return [(k, v) for k, v in pairs if k.lower() not in reserved]
 
 
 def require_identity(ctx: CallContext, identity: Identity, listener: str) -> None:

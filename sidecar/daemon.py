@@ -21,6 +21,7 @@ from sidecar import __version__
 from sidecar.config import Config, Listener
 from sidecar.config_loader import load_config
 from sidecar.config_watch import ConfigWatcher
+from sidecar.context import mapped_user
 from sidecar.engine.server import EngineListener
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.runtime import Runtime
@@ -197,6 +198,7 @@ class Daemon:
             server = self.listeners.get(ls.name)
             if server is not None:  # none once shutdown has stopped the servers
                 entry.update(server.stats())
+                entry["peers"] = _peers(server, ls)
             listeners.append(entry)
         return {
             "version": __version__,
@@ -305,3 +307,19 @@ def describe(error: BaseException) -> str:
         where = f"{error.filename}: " if error.filename else ""
         return f"{where}{error.strerror or error}"
     return f"{type(error).__name__}: {error}"
+
+
+def _peers(server: EngineListener, listener: Listener) -> list[dict[str, Any]]:
+    """Per caller connection: the kernel's uid, gid and pid of the process that connected,
+    the user id `identity.peers` maps it to (null: none), and its open streams."""
+    out: list[dict[str, Any]] = []
+    for conn in list(server.connections):
+        peer = conn.peer
+        if peer is None:
+            out.append({"uid": None, "gid": None, "pid": None, "user_id": None,
+                        "streams": len(conn.streams)})
+            continue
+        out.append({"uid": peer.uid, "gid": peer.gid, "pid": peer.pid,
+                    "user_id": mapped_user(listener.identity, peer),
+                    "streams": len(conn.streams)})
+    return out

@@ -9,6 +9,7 @@ SidecarError                      any failure the daemon reports to a caller
 ├── UnauthenticatedError          UNAUTHENTICATED: a listener requires a user id
 ├── ListenerError                 a socket that cannot be served (in use, not a socket)
 ├── LimitExceededError            RESOURCE_EXHAUSTED: over a concurrency or size limit
+│   └── RateLimitedError          over a listener's rate_limit (with grpc-retry-pushback-ms)
 └── UpstreamError                 the daemon could not get an answer from a target
     ├── UpstreamUnavailableError  UNAVAILABLE: unreachable, circuit open
     │   └── CircuitOpenError      the breaker refused the call (not an upstream fault itself)
@@ -27,6 +28,8 @@ class SidecarError(Exception):
     """Root of the daemon's errors; `grpc_status` is what the caller gets."""
 
     grpc_status: StatusCode = StatusCode.INTERNAL
+    # Trailing metadata the caller gets with the status (names lower case, text values).
+    trailers: tuple[tuple[str, str], ...] = ()
 
 
 class ConfigError(SidecarError):
@@ -63,6 +66,15 @@ class ListenerError(SidecarError):
 
 class LimitExceededError(SidecarError):
     grpc_status = StatusCode.RESOURCE_EXHAUSTED
+
+
+class RateLimitedError(LimitExceededError):
+    """Over a listener's rate limit: the caller is told when a token is next free."""
+
+    def __init__(self, message: str, pushback_ms: int) -> None:
+        super().__init__(message)
+        self.pushback_ms = pushback_ms
+        self.trailers = (("grpc-retry-pushback-ms", str(pushback_ms)),)
 
 
 class UpstreamError(SidecarError):

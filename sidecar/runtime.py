@@ -1,4 +1,4 @@
-"""The running world built from one config: upstreams and routers.
+"""The running world built from one config: upstreams, routers and listener gates.
 
 Reload builds a new Runtime beside the old one and swaps one reference; calls
 hold the Runtime they started on, and an old Runtime closes its upstreams once
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sidecar.admission import Gate
 from sidecar.config import Config
 from sidecar.errors import InvalidRequestError, UnknownTargetError
 from sidecar.resilience.breaker import OPEN
@@ -54,6 +55,10 @@ class Runtime:
             for name, t in config.targets.items()
         }
         self.routers = {ls.name: Router(ls, config.targets) for ls in config.listeners}
+        # A listener whose rate_limit did not change keeps its buckets.
+        gates: dict[str, Gate] = {} if previous is None else previous.gates
+        self.gates: dict[str, Gate] = {
+            ls.name: Gate(ls, gates.get(ls.name)) for ls in config.listeners}
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()

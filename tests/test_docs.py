@@ -48,6 +48,7 @@ TARGET_KINDS = (model.GrpcTarget, model.HttpTarget, model.KafkaTarget)
 DERIVED = {
     (model.Config, "source"), (model.Target, "name"), (model.Route, "pattern"),
     (model.KafkaTarget, "topic_patterns"), (model.Config, "secrets"),
+    (model.MetadataNames, "reserved"),
 }
 # The one key the loader splits into several model fields.
 RENAMED = {
@@ -509,8 +510,13 @@ AIOHTTP_SPELLING = {"X-Request-ID", "X-Correlation-ID"}
 STATIC_HEADER_EXAMPLES = {"X-Api-Key"}  # a target's `headers` in the examples
 
 
+def _sent_names(names: model.MetadataNames) -> tuple[str, ...]:
+    """The names a target sends by default (caller_uid is sent only when named)."""
+    return (names.user_id, names.correlation_id, names.request_id)
+
+
 def test_header_names_in_the_docs_are_the_ones_the_code_sends() -> None:
-    sent = set(dataclasses.astuple(loader.METADATA_DEFAULTS["http"]))
+    sent = set(_sent_names(loader.METADATA_DEFAULTS["http"]))
     for doc in DOCS:
         quoted = {s for s in code_spans(doc) if re.fullmatch(r"X-[A-Za-z-]+", s)}
         allowed = sent | STATIC_HEADER_EXAMPLES
@@ -584,7 +590,7 @@ def test_http_upstream_receives_the_header_names_as_documented(
         assert reply.status == 200
         [head] = [h for h in heads if h.startswith(b"GET /docs ")]
     names = [line.split(b":", 1)[0].decode() for line in head.split(b"\r\n")[1:] if line]
-    for name in dataclasses.astuple(loader.METADATA_DEFAULTS["http"]):
+    for name in _sent_names(loader.METADATA_DEFAULTS["http"]):
         assert name in names, (name, names)
     assert "X-Correlation-Id" in names  # the contract's spelling, which the docs quote
 

@@ -20,6 +20,7 @@ class FakeCaller:
         self.sent: list[tuple[str, Any]] = []
         self.acknowledged = 0
         self.finished = False
+        self.peer = None  # SO_PEERCRED of the connection: none here
 
     def acknowledge(self, stream_id: int, length: int) -> None:
         self.acknowledged += length

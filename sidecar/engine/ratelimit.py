@@ -1,26 +1,11 @@
-"""Token bucket for peer-caused stream resets (the rapid-reset attack), sans-I/O."""
+"""The engine's token bucket for peer-caused stream resets (the rapid-reset attack).
+
+One implementation serves the engine and the listeners' `rate_limit`: it lives in
+`sidecar/resilience/rate_limit.py`, sans-I/O like every policy.
+"""
 
 from __future__ import annotations
 
+from sidecar.resilience.rate_limit import TokenBucket
 
-class TokenBucket:
-    """`rate` tokens per second, at most `burst` saved; O(1), reads time only from `now`."""
-
-    __slots__ = ("_burst", "_last", "_rate", "_tokens")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._tokens = burst
-        self._last = now
-
-    def take(self, now: float) -> bool:
-        """Spend one token; False (and nothing spent) when the bucket is empty."""
-        elapsed = now - self._last
-        if elapsed > 0:
-            self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
-            self._last = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
+__all__ = ["TokenBucket"]

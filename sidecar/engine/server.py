@@ -36,6 +36,7 @@ from sidecar.engine.events import (
 )
 from sidecar.engine.frames import MAX_STREAM_ID, ErrorCode
 from sidecar.engine.limits import EngineLimits
+from sidecar.engine.peer import Peer, peer_of
 from sidecar.engine.status_block import error_block
 from sidecar.engine.transport import H2Protocol
 from sidecar.errors import ListenerError
@@ -86,12 +87,14 @@ class CallerConnection(H2Protocol):
         self._listener = listener
         self._final_goaway: asyncio.TimerHandle | None = None
         self._writable_waiters: dict[int, Writable] = {}
+        self.peer: Peer | None = None  # the caller's credentials, read once at accept
 
     def connection_made(self, transport: object) -> None:
         listener = self._listener
         if len(listener.connections) >= listener.listener.max_connections:
             transport.abort()  # type: ignore[attr-defined]
             return
+        self.peer = peer_of(transport)
         listener.connections.add(self)
         super().connection_made(transport)
         if listener.stopping:

@@ -1,1 +1,2 @@
-"""Protocol-free resilience: retry budget, backoff, breaker, limits, and the retry loop."""
+"""Protocol-free resilience: retry budget, backoff, breaker, limits, rate limits, and the
+retry loop."""

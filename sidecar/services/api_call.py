@@ -8,7 +8,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from sidecar.context import CallContext, build_context, require_identity
+from sidecar.context import CallContext, build_context
+from sidecar.engine.peer import Peer
 from sidecar.errors import SidecarError
 from sidecar.resilience.policy import TargetPolicy
 from sidecar.runtime import Runtime
@@ -23,7 +24,12 @@ DEADLINE_CANCEL = "deadline"  # why services/native.py cancels a call: its deadl
 class ServicerContext(Protocol):
     """What the servicers ask of their call's context (services/native.py's NativeContext)."""
 
+    @property
+    def peer(self) -> Peer | None: ...  # the caller connection's SO_PEERCRED
+
     def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None: ...
+
+    def set_trailing_metadata(self, metadata: Sequence[tuple[str, str]]) -> None: ...
 
     def time_remaining(self) -> float | None: ...
 
@@ -57,13 +63,16 @@ class ApiService:
         runtime = self._runtime()
         runtime.enter()
         listener = self.listener
-        identity = runtime.routers[listener].listener.identity
-        ctx = build_context(context.invocation_metadata() or (), identity)
+        router = runtime.routers[listener]
+        ctx = build_context(context.invocation_metadata() or (), router.listener.identity,
+                            context.peer)
         self.telemetry.begin(listener, method, ctx)
         status = StatusCode.OK
         target_kind = runtime.config.targets.get(target)
         try:
-            require_identity(ctx, identity, listener)
+            runtime.gates[listener].admit(ctx)
+            if target:
+                router.check_target(target, "the request's target")
             upstream = runtime.upstream(target, kind)
             policy = runtime.policies[target]
             remaining = context.time_remaining()
@@ -99,4 +108,6 @@ async def send_error(context: Any, error: SidecarError, correlation: str) -> Non
     """End the caller's call with the daemon's own error (the message names the target)."""
     with contextlib.suppress(RuntimeError):
         await context.send_initial_metadata(((CORRELATION_KEY, correlation),))
+    if error.trailers:
+        context.set_trailing_metadata(error.trailers)
     await context.abort(error.grpc_status, str(error))

@@ -27,6 +27,9 @@ from sidecar.services.frame_proxy import parse_timeout
 from sidecar.status import StatusCode
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from sidecar.engine.peer import Peer
     from sidecar.engine.server import CallerConnection
 
 log = logging.getLogger("sidecar.native")
@@ -59,17 +62,28 @@ class Abort(Exception):
 class NativeContext:
     """What the daemon's servicers ask of a gRPC ServicerContext, for one native call."""
 
-    __slots__ = ("_deadline", "_loop", "_metadata", "initial_metadata")
+    __slots__ = ("_deadline", "_loop", "_metadata", "_peer", "initial_metadata",
+                 "trailing_metadata")
 
     def __init__(self, metadata: list[tuple[str, str | bytes]], deadline: float | None,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, peer: Peer | None = None) -> None:
         self._metadata = metadata
         self._deadline = deadline
         self._loop = loop
+        self._peer = peer
         self.initial_metadata: list[tuple[str, str]] = []
+        self.trailing_metadata: list[tuple[str, str]] = []
+
+    @property
+    def peer(self) -> Peer | None:
+        """The caller connection's credentials (SO_PEERCRED), read when it was accepted."""
+        return self._peer
 
     def invocation_metadata(self) -> list[tuple[str, str | bytes]]:
         return self._metadata
+
+    def set_trailing_metadata(self, metadata: Sequence[tuple[str, str]]) -> None:
+        self.trailing_metadata = [(str(k), str(v)) for k, v in metadata]
 
     def time_remaining(self) -> float | None:
         if self._deadline is None:
@@ -164,7 +178,7 @@ class NativeUnary:
         metadata, timeout = caller_metadata(self._headers)
         loop = self._conn.loop
         deadline = None if timeout is None else loop.time() + timeout
-        context = self._context = NativeContext(metadata, deadline, loop)
+        context = self._context = NativeContext(metadata, deadline, loop, self._conn.peer)
         self._task = loop.create_task(self._run(request, context))
         if timeout is not None:
             self._timer = loop.call_later(timeout + _DEADLINE_SLACK, self._expire)
@@ -191,7 +205,8 @@ class NativeUnary:
         try:
             response = await self._method.handler(request, context)
         except Abort as e:
-            self._answer_error(e.code, e.details, _metadata_block(context.initial_metadata))
+            self._answer_error(e.code, e.details, _metadata_block(
+                context.initial_metadata + context.trailing_metadata))
         except asyncio.CancelledError:
             return  # the caller is gone, or the answer was given for the handler
         except Exception:  # a fault of ours: answered, logged, never a hang

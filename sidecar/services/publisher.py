@@ -12,7 +12,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sidecar.config import KafkaTarget
-from sidecar.context import CallContext
+from sidecar.context import CallContext, caller_metadata
 from sidecar.errors import InvalidRequestError, LimitExceededError, SidecarError
 from sidecar.resilience.policy import Attempt, TargetPolicy
 from sidecar.services.api_call import ApiService, ServicerContext
@@ -121,9 +121,7 @@ def _identity(ctx: CallContext, target: KafkaTarget) -> tuple[Headers, frozenset
     traceparent = ctx.begin_attempt(target.name)
     headers: Headers = [("traceparent", traceparent) if k == "traceparent" else (k, v)
                         for k, v in ctx.identity_metadata(names)]
-    reserved = frozenset(n.lower() for n in (
-        names.user_id, names.correlation_id, names.request_id, "traceparent", "tracestate"))
-    return headers, reserved
+    return headers, names.reserved
 
 
 def _outgoing(
@@ -152,7 +150,7 @@ def _outgoing(
         size = len(key) + len(value)
         headers = injected
         if own:
-            headers = [(h.name, h.value) for h in own if h.name.lower() not in reserved]
+            headers = caller_metadata([(h.name, h.value) for h in own], reserved)
             headers += injected
             size += sum(len(h.name) + len(h.value.encode()) for h in own)
         if size > limit:

@@ -88,7 +88,7 @@ class Telemetry:
             self.access.call(
                 listener=listener, method=method, target=target, status=status.name,
                 duration=duration, correlation_id=ctx.correlation_id,
-                request_id=ctx.request_id, trace_id=ctx.trace_id,
+                request_id=ctx.request_id, trace_id=ctx.trace_id, peer=ctx.peer,
             )
 
     def messages_sent(self, target: str, topic: str, count: int, size: int) -> None:

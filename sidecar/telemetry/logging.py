@@ -9,9 +9,12 @@ from __future__ import annotations
 import logging
 import sys
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from sidecar.engine.peer import Peer
 
 LOGGER = "sidecar"
 # (correlation id, trace id) of the call the current task serves, for every log line.
@@ -80,12 +83,14 @@ class AccessLog:
         correlation_id: str,
         request_id: str,
         trace_id: str,
+        peer: Peer | None = None,
     ) -> None:
-        self._logger.info(
-            "call",
-            extra={"fields": {
-                "listener": listener, "method": method, "target": target, "status": status,
-                "duration_ms": round(duration * 1000, 3), "correlation_id": correlation_id,
-                "request_id": request_id, "trace_id": trace_id,
-            }},
-        )
+        fields = {
+            "listener": listener, "method": method, "target": target, "status": status,
+            "duration_ms": round(duration * 1000, 3), "correlation_id": correlation_id,
+            "request_id": request_id, "trace_id": trace_id,
+        }
+        if peer is not None:  # the caller process, as the kernel said when it connected
+            fields["peer_uid"], fields["peer_gid"], fields["peer_pid"] = (
+                peer.uid, peer.gid, peer.pid)
+        self._logger.info("call", extra={"fields": fields})

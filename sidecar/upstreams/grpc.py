@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from sidecar.config import GrpcTarget
-from sidecar.context import CallContext
+from sidecar.context import CallContext, caller_metadata
 from sidecar.errors import LimitExceededError, SidecarError
 from sidecar.resilience.policy import Attempt
 from sidecar.status import StatusCode
@@ -101,8 +101,11 @@ def classify(
 
 
 def upstream_metadata(ctx: CallContext, target: GrpcTarget) -> list[tuple[str, str | bytes]]:
-    """The caller's metadata plus the identity, ids and trace the contract injects."""
-    metadata = [*ctx.passthrough, *ctx.identity_metadata(target.metadata)]
+    """The caller's metadata (without what poses as the target's injected names) plus the
+    identity, ids and trace the contract injects."""
+    names = target.metadata
+    metadata = caller_metadata(ctx.passthrough, names.reserved)
+    metadata += ctx.identity_metadata(names)
     if target.forward_authorization and ctx.authorization:
         metadata.append(("authorization", ctx.authorization))
     return metadata

@@ -29,7 +29,7 @@ import aiohttp
 from yarl import URL
 
 from sidecar.config import IDEMPOTENT_METHODS, HttpHealth, HttpTarget, Tls
-from sidecar.context import CallContext
+from sidecar.context import CallContext, caller_metadata
 from sidecar.errors import (
     InvalidRequestError,
     LimitExceededError,
@@ -96,10 +96,8 @@ class HttpUpstream:
         self._attempts = 0  # calls' attempts: while they come, connect probes are not needed
         self._checker: asyncio.Task[None] | None = None
         self._base = target.base_url.rstrip("/")
-        self._drop = _HOP | {
-            target.metadata.user_id.lower(), target.metadata.correlation_id.lower(),
-            target.metadata.request_id.lower(), "traceparent", "tracestate",
-        } | {name.lower() for name, _ in target.headers}
+        # Never from the caller: hop-by-hop, the target's own headers, the injected names.
+        self._drop = _HOP | target.metadata.reserved | {n.lower() for n, _ in target.headers}
         self._retry_statuses = _RETRY_STATUSES | {
             c for c in target.retry.on if isinstance(c, int)
         }
@@ -184,7 +182,6 @@ class HttpUpstream:
             url = URL(self._base + path, encoded=True)
         except ValueError as e:
             raise InvalidRequestError(f"target {name!r}: invalid path") from e
-        out = []
         for key, value in headers:
             if not _HEADER_NAME.match(key):
                 raise InvalidRequestError(
@@ -195,8 +192,7 @@ class HttpUpstream:
                     f"target {name!r}: invalid value of header {key[:40]!r}: "
                     f"{_describe(bad.group())} at offset {bad.start()}"
                 )
-            if key.lower() not in self._drop:
-                out.append((key, value))
+        out = caller_metadata(headers, self._drop)
         out.extend(self.target.headers)
         out.extend(ctx.identity_metadata(self.target.metadata))
         trace_at = out.index(("traceparent", ctx.traceparent))
