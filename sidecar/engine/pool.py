@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import random
 import socket
 import ssl
@@ -158,7 +157,7 @@ class UpstreamPool:
             if slot.connecting is not None or (slot.live() < self._max and slot.may_connect(now)):
                 if slot.connecting is None:
                     slot.connecting = asyncio.ensure_future(self._connect(slot))
-                    slot.connecting.add_done_callback(functools.partial(self._connected, slot))
+                    slot.connecting.add_done_callback(self._connected)
                 await asyncio.shield(slot.connecting)
             else:  # its connections are full: the first stream to end makes room
                 waiter = loop.create_future()
@@ -182,6 +181,14 @@ class UpstreamPool:
     # -- connecting -----------------------------------------------------------------------
 
     async def _connect(self, slot: _Slot) -> None:
+        try:
+            await self._open_connection(slot)
+        finally:
+            # Cleared before the task is done, not in a done callback: a waiter that runs
+            # between the two would find it finished, await it without yielding, and spin.
+            slot.connecting = None
+
+    async def _open_connection(self, slot: _Slot) -> None:
         loop = asyncio.get_running_loop()
         options = self._options
         made: list[UpstreamConnection] = []
@@ -220,8 +227,8 @@ class UpstreamPool:
         slot.connect_succeeded()
         self._note_health()
 
-    def _connected(self, slot: _Slot, future: asyncio.Future[None]) -> None:
-        slot.connecting = None
+    @staticmethod
+    def _connected(future: asyncio.Future[None]) -> None:
         if not future.cancelled():
             future.exception()  # retrieved here; every waiter gets it through the shield
 
