@@ -32,9 +32,10 @@ def render(data: dict[str, Any], as_json: bool) -> str:
         return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
     lines = [f"sidecar {data['version']}  up {data['uptime_s']:.0f}s  "
              f"in flight {data['in_flight']}  config {data['config']}", "", "LISTENERS"]
-    lines += _table(["name", "socket", "mode", "connections", "streams"],
+    lines += _table(["name", "socket", "mode", "connections", "streams", "peer uids"],
                     [[ls["name"], ls["socket"], ls["mode"], _connections(ls),
-                      str(ls.get("streams", "-"))] for ls in data["listeners"]])
+                      str(ls.get("streams", "-")), _peer_uids(ls)]
+                     for ls in data["listeners"]])
     lines += ["", "TARGETS"]
     rows = [
         [name, t["kind"], t.get("address", "-"), "yes" if t["healthy"] else "NO",
@@ -61,3 +62,14 @@ def _connections(listener: dict[str, Any]) -> str:
         return "-"
     text = f"{listener['connections']}/{listener.get('max_connections', '?')}"
     return f"{text} draining" if listener.get("draining") else text
+
+
+def _peer_uids(listener: dict[str, Any]) -> str:
+    """The uids of the processes connected (`1000 x2, 0`), or `-` when none are."""
+    counts: dict[str, int] = {}
+    for peer in listener.get("peers") or ():
+        uid = "?" if peer.get("uid") is None else str(peer["uid"])
+        counts[uid] = counts.get(uid, 0) + 1
+    if not counts:
+        return "-"
+    return ", ".join(uid if n == 1 else f"{uid} x{n}" for uid, n in sorted(counts.items()))
