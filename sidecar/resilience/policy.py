@@ -94,37 +94,71 @@ class TargetPolicy:
     async def run(
         self, deadline: float, attempt: Callable[[float], Awaitable[Attempt]]
     ) -> Attempt:
-        """Make attempts until one is final; `attempt(time_left)` runs one try."""
-        self.budget.deposit(self._clock())
+        """Make attempts until one is final; `attempt(time_left)` runs one try.
+
+        The same steps (`begin`, `start_attempt`, `end_attempt`, `retry_delay`) are public
+        for callers that run their first attempt without a task (the frame proxy)."""
+        self.begin()
         last: Attempt | None = None
         retries = 0
-        per_try = self._retry.per_try_timeout
         while True:
-            trial = self.breaker.admit()
+            trial = self.start_attempt()
             if trial is None:
-                self.counters.circuit_rejected += 1
                 if last is not None:
                     return last
-                raise CircuitOpenError(self._circuit_open)
+                raise self.circuit_open()
             started = self._clock()
-            remaining = max(deadline - started, 0.0)
-            self.counters.attempts += 1
             try:
-                last = await attempt(remaining if per_try is None else min(remaining, per_try))
+                last = await attempt(self.time_left(deadline, started))
             except BaseException:
                 self.breaker.abandon(trial)
                 raise
-            self.breaker.record(last.fault, trial)
-            if last.fault:
-                self.counters.faults += 1
-            if last.ok or last.committed or not last.retryable:
-                return last
-            delay = self._retry_delay(retries + 1, last, deadline, self._clock() - started)
+            self.end_attempt(last, trial)
+            delay = self.retry_delay(retries + 1, last, deadline, started)
             if delay is None:
                 return last
             retries += 1
-            self.counters.retries += 1
             await asyncio.sleep(delay)
+
+    def begin(self) -> None:
+        """A call starts (after `admit`): it earns the retry budget its share."""
+        self.budget.deposit(self._clock())
+
+    def start_attempt(self) -> bool | None:
+        """The breaker's leave for one more attempt: None when refused (the circuit is
+        open: the last attempt's answer stands, or `circuit_open()` if there was none),
+        else whether it is the half-open trial (give it back to `end_attempt`)."""
+        trial = self.breaker.admit()
+        if trial is None:
+            self.counters.circuit_rejected += 1
+            return None
+        self.counters.attempts += 1
+        return trial
+
+    def circuit_open(self) -> CircuitOpenError:
+        return CircuitOpenError(self._circuit_open)
+
+    def time_left(self, deadline: float, now: float) -> float:
+        """What one attempt may take: the time left, capped by `retry.per_try_timeout`."""
+        remaining = max(deadline - now, 0.0)
+        per_try = self._retry.per_try_timeout
+        return remaining if per_try is None else min(remaining, per_try)
+
+    def end_attempt(self, last: Attempt, trial: bool) -> None:
+        self.breaker.record(last.fault, trial)
+        if last.fault:
+            self.counters.faults += 1
+
+    def retry_delay(self, retry: int, last: Attempt, deadline: float,
+                    started: float) -> float | None:
+        """Seconds before retry number `retry` after `last` (which began at `started`),
+        or None when `last` is the call's answer."""
+        if last.ok or last.committed or not last.retryable:
+            return None
+        delay = self._retry_delay(retry, last, deadline, self._clock() - started)
+        if delay is not None:
+            self.counters.retries += 1
+        return delay
 
     def _retry_delay(
         self, retry: int, last: Attempt, deadline: float, took: float

@@ -32,6 +32,7 @@ from sidecar.runtime import Runtime
 from sidecar.services.message_bound import MessageBound
 from sidecar.status import BY_NUMBER, StatusCode
 from sidecar.telemetry.hub import Telemetry
+from sidecar.telemetry.logging import CALL_FIELDS
 from sidecar.upstreams.grpc import PUSHBACK_KEY, classify, upstream_metadata
 
 if TYPE_CHECKING:
@@ -74,41 +75,56 @@ class FrameProxy:
 
 
 class ProxiedCall:
-    """One caller stream across its upstream attempts (caller side and upstream side)."""
+    """One caller stream across its upstream attempts (caller side and upstream side).
+
+    Run without a task in the common case: the call starts inside the caller's batch
+    (its HEADERS), the first attempt opens on a ready pooled connection, and the answer
+    is given inside the upstream's batch, so a call costs no extra loop turn. A task is
+    made only to wait: for a connection, or out a retry's backoff."""
 
     __slots__ = (
         "_aborted",
+        "_admitted",
+        "_attempt_started",
         "_bound_in",
         "_bound_out",
-        "_cancel_early",
         "_chunks",
         "_code",
         "_committed",
         "_conn",
         "_ctx",
+        "_deadline",
         "_details",
         "_error",
         "_finished",
         "_headers",
         "_headers_sent",
         "_kept",
+        "_last",
         "_lengths",
         "_limit",
+        "_method",
+        "_policy",
+        "_pool",
         "_proxy",
         "_replayable",
         "_req_ended",
         "_request",
         "_response",
+        "_retries",
         "_retry_on",
+        "_runtime",
         "_sid",
         "_started",
         "_target",
+        "_target_name",
         "_task",
+        "_timer",
         "_trace_at",
         "_trailers",
+        "_trial",
         "_up",
         "_up_sid",
-        "_waiter",
     )
 
     def __init__(self, proxy: FrameProxy, conn: CallerConnection, stream_id: int,
@@ -127,13 +143,16 @@ class ProxiedCall:
         self._headers_sent = False
         self._finished = False
         self._aborted: SidecarError | None = None  # the daemon's answer instead of the call's
-        self._started = False
-        self._cancel_early = False  # cancelled before the task ran: it only logs
+        self._admitted = False  # holds an in-flight slot of the target's policy
         self._bound_in = MessageBound(_UNKNOWN_LIMIT)
         self._bound_out = MessageBound(_UNKNOWN_LIMIT)
         self._up: UpstreamConnection | None = None
         self._up_sid = 0
-        self._waiter: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._trial: bool | None = None  # an attempt is under way (the breaker's trial flag)
+        self._last: Attempt | None = None
+        self._retries = 0
         self._response: Headers | None = None
         self._trailers: Headers | None = None
         self._code = StatusCode.UNKNOWN
@@ -141,74 +160,50 @@ class ProxiedCall:
         self._error: SidecarError | None = None
         self._request: Headers = []
         self._trace_at = 0
-        self._task = conn.loop.create_task(self._run(path.decode("latin-1")))
+        self._target_name: str | None = None
+        self._method = method = path.decode("latin-1")
+        self._started = time.monotonic()
+        listener = proxy.listener
+        try:
+            runtime = self._runtime = proxy.runtime()
+            router = runtime.routers[listener]
+            metadata, timeout, transport = _caller_metadata(headers)
+            ctx = self._ctx = build_context(metadata, router.listener.identity)
+        except Exception:  # a fault of ours before the call could be logged as one
+            log.exception("proxied call failed", extra={"fields": {
+                "listener": listener, "method": method}})
+            self._finished = True
+            conn.send_trailers(stream_id, error_block(
+                StatusCode.INTERNAL.value[0], "internal error in the daemon (see its log)",
+                False))
+            conn.finish(stream_id, not end_stream)
+            return
+        runtime.enter()
+        proxy.telemetry.begin(listener, method, ctx)
+        try:
+            require_identity(ctx, router.listener.identity, listener)
+            target = self._target_name = router.route(method, ctx.target_hint)
+            upstream = runtime.grpc[target]
+            config = self._target = upstream.target
+            policy = self._policy = runtime.policies[target]
+            pool = self._pool = runtime.frame_pool(target)
+            self._retry_on = upstream.retry_on
+            self._limit = self._bound_in.limit = self._bound_out.limit = (
+                config.limits.max_message)
+            self._build_request(method, pool, transport, ctx, config)
+            self._deadline = self._started + (config.timeout if timeout is None else timeout)
+            policy.admit()
+            self._admitted = True
+            policy.begin()
+            self._next_attempt()
+        except SidecarError as e:
+            self._fail(e)
+        except Exception:
+            self._internal_error()
+        finally:
+            CALL_FIELDS.set(None)  # telemetry.begin set it in this connection's context
 
     # -- the call -------------------------------------------------------------------------
-
-    async def _run(self, method: str) -> None:
-        self._started = True
-        started = time.monotonic()
-        proxy = self._proxy
-        runtime = proxy.runtime()
-        runtime.enter()
-        listener = proxy.listener
-        router = runtime.routers[listener]
-        metadata, timeout, transport = _caller_metadata(self._headers)
-        ctx = self._ctx = build_context(metadata, router.listener.identity)
-        proxy.telemetry.begin(listener, method, ctx)
-        target: str | None = None
-        status = _OK
-        try:
-            try:
-                if self._cancel_early:
-                    raise asyncio.CancelledError
-                require_identity(ctx, router.listener.identity, listener)
-                target = router.route(method, ctx.target_hint)
-                upstream = runtime.grpc[target]
-                config = self._target = upstream.target
-                policy = runtime.policies[target]
-                pool = runtime.frame_pool(target)
-                self._retry_on = upstream.retry_on
-                self._limit = self._bound_in.limit = self._bound_out.limit = (
-                    config.limits.max_message)
-                if self._bound_in.size > self._limit:
-                    raise self._too_large("request", self._bound_in)
-                if self._kept > self._limit:
-                    self._replayable = False
-                self._build_request(method, pool, transport, ctx, config)
-                deadline = started + (config.timeout if timeout is None else timeout)
-                policy.admit()
-                try:
-                    await policy.run(deadline, lambda left: self._attempt(left, pool))
-                    status = self._deliver()
-                except SidecarError as e:
-                    policy.note_error(str(e))
-                    raise
-                finally:
-                    policy.release()
-            except SidecarError as e:
-                status = e.grpc_status
-                self._send_status(status.value[0], str(e))
-        except asyncio.CancelledError:
-            if self._aborted is not None:
-                status = self._aborted.grpc_status
-                self._send_status(status.value[0], str(self._aborted))
-            else:
-                status = StatusCode.CANCELLED
-        except Exception:  # a fault of ours: the caller is answered and the call logged
-            log.exception("proxied call failed", extra={"fields": {
-                "listener": listener, "method": method, "target": target}})
-            self._close_upstream()
-            status = StatusCode.INTERNAL
-            self._send_status(status.value[0], f"target {target!r}: internal error in the daemon "
-                                               "(see its log)")
-        finally:
-            self._finished = True
-            self._release_request()
-            runtime.leave()
-            self._conn.finish(self._sid, not self._req_ended)
-            proxy.telemetry.end(listener, method, target, "grpc" if target else None,
-                                status, started, ctx)
 
     def _build_request(self, method: str, pool: UpstreamPool, transport: Headers,
                        ctx: CallContext, target: GrpcTarget) -> None:
@@ -227,54 +222,60 @@ class ProxiedCall:
         request.append((b"grpc-timeout", b""))
         self._request = request
 
-    async def _attempt(self, time_left: float, pool: UpstreamPool) -> Attempt:
-        """One upstream try; its response streams to the caller from its first message."""
-        loop = self._conn.loop
+    def _next_attempt(self) -> None:
+        """Start one upstream try: at once on a ready connection, else in a task that
+        waits for one. Raises SidecarError when none may be made."""
+        policy = self._policy
+        trial = policy.start_attempt()
+        if trial is None:
+            if self._last is None:
+                raise policy.circuit_open()
+            self._conclude()  # the circuit opened meanwhile: the last answer stands
+            return
+        self._trial = trial
+        now = self._attempt_started = time.monotonic()
+        time_left = policy.time_left(self._deadline, now)
         self._response = self._trailers = None
         self._error = None
         self._code = StatusCode.UNKNOWN
         self._details = ""
-        target = self._target
-        ctx = self._ctx
-        traceparent = ctx.begin_attempt(target.name)
-        conn = pool.ready()
+        traceparent = self._ctx.begin_attempt(self._target.name)
+        conn = self._pool.ready()
+        if conn is None:
+            self._task = self._conn.loop.create_task(self._connect(time_left, traceparent))
+        else:
+            self._open(conn, time_left, traceparent)
+
+    async def _connect(self, time_left: float, traceparent: str) -> None:
         try:
-            if conn is None:
-                # Not wait_for: on 3.11 it runs the wait in a task of its own, whose result
-                # reaches us a loop turn later, when other streams may have filled `conn`.
-                async with asyncio.timeout(time_left):
-                    conn = await pool.connection(time_left)
+            # Not wait_for: on 3.11 it runs the wait in a task of its own, whose result
+            # reaches us a loop turn later, when other streams may have filled `conn`.
+            async with asyncio.timeout(time_left):
+                conn = await self._pool.connection(time_left)
         except TimeoutError:
             self._timed_out()
+            self._settle()
         except UpstreamUnavailableError as e:
             self._code = StatusCode.UNAVAILABLE
             self._error = e
+            self._settle()
+        except asyncio.CancelledError:
+            return  # the call ended meanwhile (`_cancel` did what was needed)
+        except Exception:
+            self._internal_error()
         else:
-            self._open(conn, time_left, traceparent)
-            waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(time_left, self._expire)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
-                self._close_upstream()
-        ctx.end_attempt(None if self._code is _OK else self._code.name)
-        verdict = classify(self._code, self._error, self._retry_on)
-        verdict.committed = self._committed
-        verdict.retryable = verdict.retryable and self._replayable
-        if verdict.retryable and self._trailers is not None:
-            for name, value in self._trailers:
-                if name == _PUSHBACK:
-                    verdict.pushback = grpc_pushback(value.decode("latin-1"))
-        return verdict
+            self._task = None
+            if self._trial is not None and not self._finished:
+                self._open(conn, time_left - (time.monotonic() - self._attempt_started),
+                           traceparent)
 
     def _open(self, conn: UpstreamConnection, time_left: float, traceparent: str) -> None:
         request = self._request.copy()
         request[self._trace_at] = (b"traceparent", traceparent.encode())
-        request[-1] = (b"grpc-timeout", _grpc_timeout(time_left))
+        request[-1] = (b"grpc-timeout", _grpc_timeout(max(time_left, 0.0)))
         chunks = self._chunks
         self._up = conn
+        self._timer = self._conn.loop.call_later(time_left, self._expire)
         sid = self._up_sid = conn.open(self, request, self._req_ended and not chunks)
         if chunks:
             lengths = self._lengths
@@ -286,6 +287,120 @@ class ProxiedCall:
                 lengths[i] = 0
             if not self._replayable:
                 self._release_request()
+
+    def _settle(self) -> None:
+        """The attempt under way came to its end (its status, reset, loss or deadline)."""
+        trial = self._trial
+        if trial is None or self._finished:
+            return
+        ctx = self._ctx
+        # Lines logged meanwhile (the breaker's) are the call's, as in a task of its own.
+        token = CALL_FIELDS.set((ctx.correlation_id, ctx.trace_id))
+        try:
+            self._trial = None
+            self._task = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._close_upstream()
+            self._ctx.end_attempt(None if self._code is _OK else self._code.name)
+            verdict = classify(self._code, self._error, self._retry_on)
+            verdict.committed = self._committed
+            verdict.retryable = verdict.retryable and self._replayable
+            if verdict.retryable and self._trailers is not None:
+                for name, value in self._trailers:
+                    if name == _PUSHBACK:
+                        verdict.pushback = grpc_pushback(value.decode("latin-1"))
+            policy = self._policy
+            policy.end_attempt(verdict, trial)
+            self._last = verdict
+            delay = policy.retry_delay(self._retries + 1, verdict, self._deadline,
+                                       self._attempt_started)
+            if delay is None:
+                self._conclude()
+            else:
+                self._retries += 1
+                self._task = self._conn.loop.create_task(self._retry_after(delay))
+        except Exception:
+            self._internal_error()
+        finally:
+            CALL_FIELDS.reset(token)
+
+    async def _retry_after(self, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            return
+        self._task = None
+        try:
+            self._next_attempt()
+        except SidecarError as e:
+            self._fail(e)
+        except Exception:
+            self._internal_error()
+
+    def _conclude(self) -> None:
+        """The last attempt's answer is the call's."""
+        try:
+            status = self._deliver()
+        except SidecarError as e:
+            self._fail(e)
+            return
+        self._end(status)
+
+    def _fail(self, error: SidecarError) -> None:
+        """The call ends with the daemon's own answer."""
+        if self._finished:
+            return
+        if self._admitted:
+            self._policy.note_error(str(error))
+        status = error.grpc_status
+        self._send_status(status.value[0], str(error))
+        self._end(status)
+
+    def _internal_error(self) -> None:
+        """A fault of ours: the caller is answered INTERNAL and the call logged."""
+        if self._finished:
+            return
+        target = self._target_name
+        log.exception("proxied call failed", extra={"fields": {
+            "listener": self._proxy.listener, "method": self._method, "target": target,
+            "correlation_id": self._ctx.correlation_id}})
+        self._stop_attempt()
+        status = StatusCode.INTERNAL
+        self._send_status(status.value[0], f"target {target!r}: internal error in the daemon "
+                                           "(see its log)")
+        self._end(status)
+
+    def _end(self, status: StatusCode) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        task = self._task
+        if task is not None:
+            self._task = None
+            task.cancel()
+        if self._admitted:
+            self._admitted = False
+            self._policy.release()
+        self._release_request()
+        self._runtime.leave()
+        self._conn.finish(self._sid, not self._req_ended)
+        target = self._target_name
+        self._proxy.telemetry.end(self._proxy.listener, self._method, target,
+                                  "grpc" if target else None, status, self._started,
+                                  self._ctx)
+
+    def _stop_attempt(self) -> None:
+        """Give up the attempt under way (the call is ending): nothing of it counts."""
+        trial = self._trial
+        if trial is not None:
+            self._trial = None
+            self._policy.breaker.abandon(trial)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._close_upstream()
 
     def _deliver(self) -> StatusCode:
         """Give the caller the final attempt's answer (streamed already once committed)."""
@@ -361,10 +476,17 @@ class ProxiedCall:
             self._cancel()
 
     def _cancel(self) -> None:
-        if self._started:
-            self._task.cancel()
-        else:  # a task cancelled before it runs would never log its call
-            self._cancel_early = True
+        """The call ends now: the daemon's answer if it has one (`_stop`), else CANCELLED."""
+        if self._finished:
+            return
+        self._stop_attempt()
+        aborted = self._aborted
+        if aborted is None:
+            self._end(StatusCode.CANCELLED)
+        else:
+            status = aborted.grpc_status
+            self._send_status(status.value[0], str(aborted))
+            self._end(status)
 
     def _too_large(self, way: str, bound: MessageBound) -> LimitExceededError:
         return LimitExceededError(
@@ -437,6 +559,7 @@ class ProxiedCall:
         self._settle()
 
     def _expire(self) -> None:
+        self._timer = None
         self._close_upstream()
         self._timed_out()
         self._settle()
@@ -450,11 +573,6 @@ class ProxiedCall:
         if up is not None:
             self._up = None
             up.finish(self._up_sid, cancel=True)
-
-    def _settle(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
 
 class _UpstreamStatus(SidecarError):
