@@ -72,7 +72,7 @@ class Gate:
         limit = self.listener.rate_limit
         assert limit is not None
         ms = pushback_ms(wait)
-        whose = "this caller's share of " if limit.per == "caller" else ""
+        per = ", per caller" if limit.per == "caller" else ""
         return RateLimitedError(
-            f"listener {self._name!r}: over {whose}its rate_limit ({limit.rate:g}/s, burst "
-            f"{limit.burst}); a call may go again in {ms} ms", ms)
+            f"listener {self._name!r}: over its rate_limit ({limit.rate:g}/s, burst "
+            f"{limit.burst}{per}); a call may go again in {ms} ms", ms)

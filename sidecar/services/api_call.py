@@ -72,7 +72,7 @@ class ApiService:
         try:
             runtime.gates[listener].admit(ctx)
             if target:
-                router.check_target(target, "the request's target")
+                router.check_target(target, "from the request")
             upstream = runtime.upstream(target, kind)
             policy = runtime.policies[target]
             remaining = context.time_remaining()
