@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 
 from sidecar.config import Listener
-from sidecar.context import CallContext
-from sidecar.errors import PermissionDeniedError, RateLimitedError, UnauthenticatedError
+from sidecar.context import CallContext, require_identity
+from sidecar.errors import PermissionDeniedError, RateLimitedError
 from sidecar.resilience.rate_limit import RateLimiter, pushback_ms
 
 
@@ -51,9 +51,8 @@ class Gate:
         """Raise why the call may not go on; return (a token spent) when it may."""
         if self._reject_unknown and ctx.peer_user is None:
             raise PermissionDeniedError(self._unknown_peer(ctx))
-        if self._require_user and not ctx.user_id:
-            raise UnauthenticatedError(
-                f"listener {self._name!r} requires a user id (send x-user-id metadata)")
+        if self._require_user:
+            require_identity(ctx, self.listener.identity, self._name)
         limiter = self._limiter
         if limiter is not None:
             wait = limiter.acquire(ctx.caller_key, self._clock())

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sidecar.context import CallContext, build_context, require_identity
+from sidecar.context import CallContext, build_context
 from sidecar.engine.events import Headers
 from sidecar.engine.frames import ErrorCode
 from sidecar.engine.status_block import error_block
@@ -168,7 +168,7 @@ class ProxiedCall:
             runtime = self._runtime = proxy.runtime()
             router = runtime.routers[listener]
             metadata, timeout, transport = _caller_metadata(headers)
-            ctx = self._ctx = build_context(metadata, router.listener.identity)
+            ctx = self._ctx = build_context(metadata, router.listener.identity, conn.peer)
         except Exception:  # a fault of ours before the call could be logged as one
             log.exception("proxied call failed", extra={"fields": {
                 "listener": listener, "method": method}})
@@ -181,7 +181,7 @@ class ProxiedCall:
         runtime.enter()
         proxy.telemetry.begin(listener, method, ctx)
         try:
-            require_identity(ctx, router.listener.identity, listener)
+            runtime.gates[listener].admit(ctx)  # peer, user id, rate limit
             target = self._target_name = router.route(method, ctx.target_hint)
             upstream = runtime.grpc[target]
             config = self._target = upstream.target
@@ -355,7 +355,7 @@ class ProxiedCall:
         if self._admitted:
             self._policy.note_error(str(error))
         status = error.grpc_status
-        self._send_status(status.value[0], str(error))
+        self._send_status(status.value[0], str(error), error.trailers)
         self._end(status)
 
     def _internal_error(self) -> None:
@@ -418,10 +418,12 @@ class ProxiedCall:
             self._headers_sent = True
         return self._code
 
-    def _send_status(self, code: int, message: str) -> None:
+    def _send_status(self, code: int, message: str,
+                     trailers: tuple[tuple[str, str], ...] = ()) -> None:
         """The daemon's own answer: trailers-only, or trailers once headers went out."""
-        extra = None if self._headers_sent else [
+        extra = [] if self._headers_sent else [
             (_CORRELATION, self._ctx.correlation_id.encode())]
+        extra += [(k.encode(), v.encode()) for k, v in trailers]
         self._conn.send_trailers(self._sid, error_block(code, message, self._headers_sent,
                                                         extra))
         self._headers_sent = True
