@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,14 @@ import orjson
 import pytest
 
 from sidecar._generated import sidecar_pb2
-from tests.conftest import Daemon, Upstream, basic_config, eventually, free_port
+from tests.conftest import (
+    Daemon,
+    Upstream,
+    basic_config,
+    eventually,
+    free_port,
+    write_config,
+)
 from tests.http_upstream import HttpUpstream
 from tests.kafka_broker import Broker, broker
 from tests.peer_client import (
@@ -196,3 +204,31 @@ def test_caller_uid_reaches_a_target_only_under_the_name_it_asks_for(
     got = http_upstream.received[0].headers
     assert got.getall("x-caller-uid") == [str(UID)]
     assert "x-caller-uid-bin" not in got
+
+
+def test_a_reload_applies_new_peer_rules_and_allow_list_to_open_connections(
+        daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream) -> None:
+    config = basic_config(short_dir, upstream)
+    d = daemon_factory(config)
+    with d.channel() as ch:
+        unary = ch.unary_unary(UNARY)
+        unary(b"x", metadata=[("x-user-id", "claimed")], timeout=5)
+        config["listeners"][0]["identity"] = {"peers": [{"uid": 0, "user_id": "ops"}]}
+        write_config(d.config_path, config)
+        d.signal(signal.SIGHUP)
+        d.wait_log('"reloaded"')
+        unary(b"x", metadata=[("x-user-id", "claimed")], timeout=5)  # the same connection
+        config["listeners"][0]["targets"] = ["elsewhere"]
+        del config["listeners"][0]["default_target"]
+        config["targets"]["elsewhere"] = {"kind": "grpc", "address": "127.0.0.1:1"}
+        write_config(d.config_path, config)
+        d.signal(signal.SIGHUP)
+
+        def reloaded_twice() -> None:
+            assert len(d.wait_log('"reloaded"')) == 2
+
+        eventually(reloaded_twice)
+        with pytest.raises(grpc.RpcError) as err:
+            unary(b"x", metadata=[("sidecar-target", "up")], timeout=5)
+    assert [s.metadata["user-id"] for s in upstream.seen] == ["claimed", "ops"]
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
