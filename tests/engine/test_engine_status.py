@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import urllib.request
 from collections.abc import Callable
@@ -39,9 +40,14 @@ def test_status_counts_caller_connections_and_held_streams_until_they_close(
         eventually(lambda: len(upstream.seen) == 5)
 
         entry = eventually(lambda: _listener(d))  # the admin endpoint starts after the socket
+        peers = entry.pop("peers")
         assert entry == {"name": "app", "socket": d.socket, "mode": "0660",
                          "connections": 2, "streams": 5, "max_connections": 7,
                          "draining": False}
+        # Each connection with the kernel's credentials of the process that opened it.
+        assert sorted(p["streams"] for p in peers) == [2, 3]
+        assert {(p["uid"], p["gid"], p["pid"]) for p in peers} == {
+            (os.geteuid(), os.getegid(), os.getpid())}
 
         upstream.release.set()
         assert [c.result() for c in calls] == [b"0", b"1", b"2", b"0", b"1"]
@@ -78,7 +84,9 @@ def test_the_status_table_shows_connections_of_the_cap_streams_and_draining() ->
             "targets": {}}
     lines = render(data, as_json=False).splitlines()
     header = next(line for line in lines if line.startswith("name") and "socket" in line)
-    assert header.split() == ["name", "socket", "mode", "connections", "streams"]
+    assert header.split() == ["name", "socket", "mode", "connections", "streams", "peer",
+                              "uids"]
     assert lines[lines.index(header) + 1].split() == [
-        "app", "/run/a.sock", "0660", "3/1000", "draining", "2"]
-    assert lines[lines.index(header) + 2].split() == ["old", "/run/b.sock", "0600", "-", "-"]
+        "app", "/run/a.sock", "0660", "3/1000", "draining", "2", "-"]
+    assert lines[lines.index(header) + 2].split() == ["old", "/run/b.sock", "0600", "-", "-",
+                                                      "-"]
