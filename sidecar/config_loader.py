@@ -77,6 +77,7 @@ _GRPC_ADDRESS = re.compile(
 _KAFKA_ACKS = ("all", "-1", "0", "1")
 # `rate_limit.rate`: calls per unit (`100/s`, `6000/m`) or per duration (`5/250ms`).
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*(us|ms|s|m|h)\s*$")
+_METADATA_VALUE = re.compile(r"[\x20-\x7e]+")
 _RATE_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 LISTENER_KEYS = (
     "name", "socket", "mode", "identity", "default_target", "routes", "targets", "rate_limit",
@@ -442,6 +443,8 @@ def _identity(i: Section) -> Identity:
     for path, raw in i.items("peers"):
         p = Section(i.problems, raw, path, ("uid", "gid", "user_id"))
         user_id = p.required_string("user_id")
+        if user_id and not _METADATA_VALUE.fullmatch(user_id):
+            p.fail("user_id", "must be printable ASCII (it is sent as metadata and headers)")
         if p.has("uid") == p.has("gid"):
             i.problems.add(path, "give exactly one of uid or gid (with user_id)")
         peers.append(PeerRule(
