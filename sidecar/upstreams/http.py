@@ -1,4 +1,4 @@
-"""Upstream HTTP targets: one pooled aiohttp session per target.
+"""Upstream HTTP targets: one pool of HTTP/1.1 connections per target (http1.py).
 
 An upstream status (404, 503, ...) is data for the caller; only a failure
 to get an answer is an error. Bodies are bounded by `max_body` both ways,
@@ -16,17 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import os
 import re
-import socket
 import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
-
-import aiohttp
-from yarl import URL
+from urllib.parse import urlsplit, urlunsplit
 
 from sidecar.config import IDEMPOTENT_METHODS, HttpHealth, HttpTarget, Tls
 from sidecar.context import CallContext, caller_metadata
@@ -40,6 +35,13 @@ from sidecar.errors import (
 from sidecar.resilience.backoff import retry_after
 from sidecar.resilience.policy import Attempt
 from sidecar.telemetry.redaction import NO_SECRETS, Redactor
+from sidecar.upstreams.http1 import (
+    BodyTooLarge,
+    Http1Pool,
+    HttpClientError,
+    Origin,
+    connect_reason,
+)
 
 log = logging.getLogger("sidecar.http")
 
@@ -55,13 +57,10 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # a token (RFC 9110
 # value a control character other than tab (RFC 9110 5.5), NUL, CR and LF above all.
 _PATH_REFUSED = re.compile(r"[\x00-\x20\x7f]")
 _VALUE_REFUSED = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_CHUNK = 64 * 1024
 _CONNECT_PROBE = HttpHealth()  # the schedule of a target without a health section
 # Seconds before the caller's deadline we answer ourselves (at most a fifth of the time
 # left): enough for the answer to reach the caller on a busy machine.
 _REPLY_MARGIN = 0.2
-# Answers that have no body whatever their Content-Length says (RFC 9110 6.4.1).
-_NO_BODY_STATUSES = frozenset({204, 304})
 
 
 @dataclass(slots=True)
@@ -76,7 +75,7 @@ class HttpCall:
     """A validated request, ready for one or more attempts."""
 
     method: str
-    url: URL
+    target: str  # the path and query, below the base_url's own path
     headers: list[tuple[str, str]]
     body: bytes
     idempotent: bool
@@ -84,18 +83,17 @@ class HttpCall:
 
 
 class HttpUpstream:
-    """A pooled aiohttp client for one target, and what is known of its health."""
+    """A pooled HTTP/1.1 client for one target, and what is known of its health."""
 
     kind = "http"
 
     def __init__(self, target: HttpTarget, redact: Redactor = NO_SECRETS) -> None:
         self.target = target
         self._redact = redact
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Http1Pool | None = None
         self._healthy = True  # judged before start() returns
         self._attempts = 0  # calls' attempts: while they come, connect probes are not needed
         self._checker: asyncio.Task[None] | None = None
-        self._base = target.base_url.rstrip("/")
         # Never from the caller: hop-by-hop, the target's own headers, the injected names.
         self._drop = _HOP | target.metadata.reserved | {n.lower() for n, _ in target.headers}
         self._retry_statuses = _RETRY_STATUSES | {
@@ -103,21 +101,14 @@ class HttpUpstream:
         }
 
     async def start(self) -> None:
-        pool = self.target.pool
-        connector: aiohttp.BaseConnector
-        if self.target.unix_socket is not None:
-            connector = aiohttp.UnixConnector(
-                path=self.target.unix_socket, limit=pool.max_connections,
-                limit_per_host=pool.max_per_host, keepalive_timeout=pool.keepalive,
-            )
-        else:
-            connector = aiohttp.TCPConnector(
-                limit=pool.max_connections, limit_per_host=pool.max_per_host,
-                keepalive_timeout=pool.keepalive, ttl_dns_cache=int(pool.dns_ttl),
-                ssl=_ssl_context(self.target.tls),
-            )
-        self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
+        target = self.target
+        pool = target.pool
+        tls = target.tls
+        self._pool = Http1Pool(
+            Origin.parse(target.base_url), unix_socket=target.unix_socket,
+            ssl_context=_ssl_context(tls), server_name=tls.server_name if tls else None,
+            max_connections=min(pool.max_connections, pool.max_per_host),
+            keepalive=pool.keepalive, dns_ttl=pool.dns_ttl,
         )
         if self.target.health is not None:
             self._set_health(*await self._check())
@@ -132,14 +123,14 @@ class HttpUpstream:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checker
             self._checker = None
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            await self._pool.close()
 
     def health(self) -> bool:
         return self._healthy
 
     def stats(self) -> dict[str, Any]:
-        where = str(URL(self.target.base_url).with_user(None))  # never show credentials
+        where = _without_user(self.target.base_url)  # never show credentials
         if self.target.unix_socket:
             where = f"{where} via unix:{self.target.unix_socket}"
         return {"kind": self.kind, "address": self._redact(where)}
@@ -178,10 +169,6 @@ class HttpUpstream:
                 f"target {name!r}: request body of {len(body)} bytes is over max_body "
                 f"({self.target.max_body})"
             )
-        try:
-            url = URL(self._base + path, encoded=True)
-        except ValueError as e:
-            raise InvalidRequestError(f"target {name!r}: invalid path") from e
         for key, value in headers:
             if not _HEADER_NAME.match(key):
                 raise InvalidRequestError(
@@ -200,7 +187,7 @@ class HttpUpstream:
                 and not any(k.lower() == "authorization" for k, _ in out)):
             out.append(("Authorization", ctx.authorization))
         idempotent = method in IDEMPOTENT_METHODS or self.target.retry.non_idempotent
-        return HttpCall(method, url, out, body, idempotent, trace_at)
+        return HttpCall(method, path, out, body, idempotent, trace_at)
 
     async def attempt(
         self, call: HttpCall, time_left: float, deadline: float
@@ -212,9 +199,8 @@ class HttpUpstream:
         the caller gets DEADLINE_EXCEEDED naming the target rather than its own
         library's anonymous one.
         """
-        assert self._session is not None
+        assert self._pool is not None
         name = self.target.name
-        tls = self.target.tls
         self._attempts += 1
         until = deadline - time.monotonic()
         answer_by = until - min(_REPLY_MARGIN, until / 5)
@@ -223,21 +209,14 @@ class HttpUpstream:
                     UpstreamTimeoutError(f"target {name!r}: deadline exceeded"))
         caller_bound = answer_by <= time_left  # else `retry.per_try_timeout` ends it first
         try:
-            async with self._session.request(
-                call.method, call.url, headers=call.headers, data=call.body or None,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=min(time_left, answer_by),
-                                              ceil_threshold=math.inf),
-                server_hostname=tls.server_name if tls else None,
-            ) as response:
-                result = HttpResult(
-                    response.status,
-                    [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP],
-                    await self._read_body(call, response),
-                )
-        except LimitExceededError as e:
-            return Attempt(ok=False), e
-        except TimeoutError:  # before ClientError: aiohttp's timeouts are both
+            response = await self._pool.request(
+                call.method, call.target, call.headers, call.body, min(time_left, answer_by),
+                self.target.max_body, call.idempotent)
+        except BodyTooLarge:
+            return Attempt(ok=False), LimitExceededError(
+                f"target {name!r}: response body is over max_body "
+                f"({self.target.max_body} bytes)")
+        except TimeoutError:
             if caller_bound:
                 return (Attempt(ok=False, fault=True),
                         UpstreamTimeoutError(f"target {name!r}: no answer before the "
@@ -245,42 +224,23 @@ class HttpUpstream:
             return (Attempt(ok=False, fault=True, retryable=call.idempotent),
                     UpstreamUnavailableError(
                         f"target {name!r}: attempt timed out (retry.per_try_timeout)"))
-        except aiohttp.ClientConnectorError as e:  # never reached the server: safe to repeat
-            reason = _reason(e)
-            self._connected(False, reason)
-            return (Attempt(ok=False, fault=True, retryable=True),
-                    UpstreamUnavailableError(f"target {name!r} unreachable: {reason}"))
-        except (aiohttp.ClientError, OSError) as e:
+        except HttpClientError as e:
+            if not e.sent:  # never reached the server: safe to repeat
+                self._connected(False, e.reason)
+                return (Attempt(ok=False, fault=True, retryable=True),
+                        UpstreamUnavailableError(f"target {name!r} unreachable: {e.reason}"))
             return (Attempt(ok=False, fault=True, retryable=call.idempotent),
-                    UpstreamUnavailableError(f"target {name!r}: {_reason(e)}"))
+                    UpstreamUnavailableError(f"target {name!r}: {e.reason}"))
         self._connected(True)
-        status = result.status
+        status = response.status
+        headers = [(k, v) for k, v in response.headers if k.lower() not in _HOP]
         retryable = call.idempotent and status in self._retry_statuses
         pushback = None
         if retryable:
-            pushback = retry_after(response.headers.get("Retry-After"), time.time())
+            pushback = retry_after(
+                next((v for k, v in headers if k.lower() == "retry-after"), None), time.time())
         return Attempt(ok=status < 500, fault=status >= 500, retryable=retryable,
-                       pushback=pushback), result
-
-    async def _read_body(self, call: HttpCall, response: aiohttp.ClientResponse) -> bytes:
-        """The body, up to `max_body` bytes: exactly that many pass, one more is refused."""
-        limit = self.target.max_body
-        too_big = LimitExceededError(
-            f"target {self.target.name!r}: response body is over max_body ({limit} bytes)"
-        )
-        declared = response.content_length
-        if (declared is not None and declared > limit and call.method != "HEAD"
-                and response.status not in _NO_BODY_STATUSES):
-            response.close()  # drop the connection rather than read what we would refuse
-            raise too_big
-        chunks, size = [], 0
-        async for chunk in response.content.iter_chunked(_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                response.close()
-                raise too_big
-            chunks.append(chunk)
-        return b"".join(chunks)
+                       pushback=pushback), HttpResult(status, headers, response.body)
 
     async def _check_health(self, health: HttpHealth) -> None:
         """The `health` section's check, every `interval` (the first ran in `start`)."""
@@ -291,20 +251,19 @@ class HttpUpstream:
     async def _check(self) -> tuple[bool, str | None]:
         """One GET of the health path: healthy, or not and why."""
         health = self.target.health
-        assert health is not None and self._session is not None
-        url = URL(self._base + health.path, encoded=True)
+        assert health is not None and self._pool is not None
         try:
-            async with self._session.get(
-                url, timeout=aiohttp.ClientTimeout(total=health.timeout),
-                allow_redirects=False,
-            ) as response:
-                if response.status < 400:
-                    return True, None
-                return False, f"health check answered {response.status}"
+            response = await self._pool.request("GET", health.path, [], b"", health.timeout,
+                                                self.target.max_body, True)
         except TimeoutError:
             return False, "health check timed out"
-        except (aiohttp.ClientError, OSError) as e:
-            return False, _reason(e)
+        except BodyTooLarge:
+            return False, "health check answer over max_body"
+        except HttpClientError as e:
+            return False, e.reason
+        if response.status < 400:
+            return True, None
+        return False, f"health check answered {response.status}"
 
     async def _probe_connects(self) -> None:
         """Without a health section: a plain connect every interval in which no call came."""
@@ -322,12 +281,12 @@ class HttpUpstream:
                 if self.target.unix_socket is not None:
                     _, writer = await asyncio.open_unix_connection(self.target.unix_socket)
                 else:
-                    url = URL(self.target.base_url)
-                    _, writer = await asyncio.open_connection(url.host, url.port)
+                    origin = Origin.parse(self.target.base_url)
+                    _, writer = await asyncio.open_connection(origin.host, origin.port)
         except TimeoutError:
             return False, "connect timed out"
         except OSError as e:
-            return False, _reason(e)
+            return False, connect_reason(e)
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
@@ -359,22 +318,17 @@ def _describe(char: str) -> str:
     return "a space" if char == " " else f"control character 0x{ord(char):02x}"
 
 
-def _reason(error: BaseException) -> str:
-    """A short, safe reason: the OS error's words, never a URL with credentials."""
-    if isinstance(error, aiohttp.ClientConnectorError):
-        error = error.os_error
-    if isinstance(error, aiohttp.ServerDisconnectedError):
-        return "connection closed by upstream"
-    if isinstance(error, socket.gaierror):
-        return "name not resolved"
-    if isinstance(error, OSError) and error.errno:
-        return os.strerror(error.errno).lower()
-    return "connection failed"
+def _without_user(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=host))
 
 
-def _ssl_context(tls: Tls | None) -> ssl.SSLContext | bool:
+def _ssl_context(tls: Tls | None) -> ssl.SSLContext | None:
     if tls is None:
-        return True  # https:// base_urls verify against the system's roots
+        return None  # https:// base_urls verify against the system's roots
     context = ssl.create_default_context(cafile=tls.ca_file)
     if tls.cert_file and tls.key_file:
         context.load_cert_chain(tls.cert_file, tls.key_file)
