@@ -1,18 +1,21 @@
-"""What every sidecar.v1 call shares: identity, target lookup, policy, errors, access log."""
+"""The sidecar.v1 services' side of a call: their context, their errors, their answer.
+
+What every kind of call shares (identity, admission, the target, its policy, the access
+log) is `CallScope` (call.py), the same one the transparent proxy uses."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from sidecar.context import CallContext, build_context
+from sidecar.context import CallContext
 from sidecar.engine.peer import Peer
 from sidecar.errors import SidecarError
 from sidecar.resilience.policy import TargetPolicy
 from sidecar.runtime import Runtime
+from sidecar.services.call import CallScope
 from sidecar.status import StatusCode
 from sidecar.telemetry.hub import Telemetry
 
@@ -59,32 +62,19 @@ class ApiService:
     ) -> T:
         """Run `run(upstream, ctx, policy, deadline)` for target `target` under its policy;
         `run` may add metric attributes (an HTTP status, ...) to `attributes`."""
-        started = time.monotonic()
-        runtime = self._runtime()
-        runtime.enter()
-        listener = self.listener
-        router = runtime.routers[listener]
-        ctx = build_context(context.invocation_metadata() or (), router.listener.identity,
-                            context.peer)
-        self.telemetry.begin(listener, method, ctx)
+        scope = CallScope(self.telemetry, self._runtime(), self.listener, method,
+                          context.invocation_metadata() or (), context.peer)
+        ctx = scope.ctx
         status = StatusCode.OK
-        target_kind = runtime.config.targets.get(target)
         try:
-            runtime.gates[listener].admit(ctx)
-            if target:
-                router.check_target(target, "from the request")
-            upstream = runtime.upstream(target, kind)
-            policy = runtime.policies[target]
-            remaining = context.time_remaining()
-            deadline = started + (policy.target.timeout if remaining is None else remaining)
-            policy.admit()
+            scope.admit()
+            upstream, policy = scope.open(target, kind, "from the request")
+            deadline = scope.deadline(context.time_remaining())
             try:
                 result = await run(upstream, ctx, policy, deadline)
             except SidecarError as e:
-                policy.note_error(e)
+                scope.failed(e)
                 raise
-            finally:
-                policy.release()
             await context.send_initial_metadata(((CORRELATION_KEY, ctx.correlation_id),))
             return result
         except SidecarError as e:
@@ -92,16 +82,14 @@ class ApiService:
             await send_error(context, e, ctx.correlation_id)
             raise AssertionError("abort returns never") from e
         except asyncio.CancelledError as e:  # logged as the caller saw it
-            deadline = bool(e.args) and e.args[0] == DEADLINE_CANCEL
-            status = StatusCode.DEADLINE_EXCEEDED if deadline else StatusCode.CANCELLED
+            deadline_passed = bool(e.args) and e.args[0] == DEADLINE_CANCEL
+            status = StatusCode.DEADLINE_EXCEEDED if deadline_passed else StatusCode.CANCELLED
+            raise
+        except Exception:  # a fault of ours: the caller is answered INTERNAL (native.py)
+            status = StatusCode.INTERNAL
             raise
         finally:
-            runtime.leave()
-            self.telemetry.end(
-                listener, method, target or None,
-                target_kind.kind if target_kind is not None else None,
-                status, started, ctx, attributes,
-            )
+            scope.end(status, attributes)
 
 
 async def send_error(context: Any, error: SidecarError, correlation: str) -> None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sidecar.context import CallContext, build_context
+from sidecar.context import CallContext
 from sidecar.engine.events import Headers
 from sidecar.engine.frames import ErrorCode
 from sidecar.engine.status_block import error_block
@@ -29,6 +29,7 @@ from sidecar.errors import (
 from sidecar.resilience.backoff import grpc_pushback
 from sidecar.resilience.policy import Attempt
 from sidecar.runtime import Runtime
+from sidecar.services.call import CallScope
 from sidecar.services.message_bound import MessageBound
 from sidecar.status import BY_NUMBER, StatusCode
 from sidecar.telemetry.hub import Telemetry
@@ -84,7 +85,6 @@ class ProxiedCall:
 
     __slots__ = (
         "_aborted",
-        "_admitted",
         "_attempt_started",
         "_bound_in",
         "_bound_out",
@@ -113,7 +113,7 @@ class ProxiedCall:
         "_response",
         "_retries",
         "_retry_on",
-        "_runtime",
+        "_scope",
         "_sid",
         "_started",
         "_target",
@@ -143,7 +143,6 @@ class ProxiedCall:
         self._headers_sent = False
         self._finished = False
         self._aborted: SidecarError | None = None  # the daemon's answer instead of the call's
-        self._admitted = False  # holds an in-flight slot of the target's policy
         self._bound_in = MessageBound(_UNKNOWN_LIMIT)
         self._bound_out = MessageBound(_UNKNOWN_LIMIT)
         self._up: UpstreamConnection | None = None
@@ -165,10 +164,10 @@ class ProxiedCall:
         self._started = time.monotonic()
         listener = proxy.listener
         try:
-            runtime = self._runtime = proxy.runtime()
-            router = runtime.routers[listener]
             metadata, timeout, transport = _caller_metadata(headers)
-            ctx = self._ctx = build_context(metadata, router.listener.identity, conn.peer)
+            scope = self._scope = CallScope(proxy.telemetry, proxy.runtime(), listener, method,
+                                            metadata, conn.peer, self._started)
+            ctx = self._ctx = scope.ctx
         except Exception:  # a fault of ours before the call could be logged as one
             log.exception("proxied call failed", extra={"fields": {
                 "listener": listener, "method": method}})
@@ -178,22 +177,18 @@ class ProxiedCall:
                 False))
             conn.finish(stream_id, not end_stream)
             return
-        runtime.enter()
-        proxy.telemetry.begin(listener, method, ctx)
         try:
-            runtime.gates[listener].admit(ctx)  # peer, user id, rate limit
-            target = self._target_name = router.route(method, ctx.target_hint)
-            upstream = runtime.grpc[target]
+            scope.admit()  # peer, user id, rate limit
+            target = self._target_name = scope.route()
+            upstream, policy = scope.open(target, "grpc")
+            self._policy = policy
             config = self._target = upstream.target
-            policy = self._policy = runtime.policies[target]
-            pool = self._pool = runtime.frame_pool(target)
+            pool = self._pool = upstream.pool()
             self._retry_on = upstream.retry_on
             self._limit = self._bound_in.limit = self._bound_out.limit = (
                 config.limits.max_message)
             self._build_request(method, pool, transport, ctx, config)
-            self._deadline = self._started + (config.timeout if timeout is None else timeout)
-            policy.admit()
-            self._admitted = True
+            self._deadline = scope.deadline(timeout)
             policy.begin()
             self._next_attempt()
         except SidecarError as e:
@@ -352,8 +347,7 @@ class ProxiedCall:
         """The call ends with the daemon's own answer."""
         if self._finished:
             return
-        if self._admitted:
-            self._policy.note_error(str(error))
+        self._scope.failed(error)
         status = error.grpc_status
         self._send_status(status.value[0], str(error), error.trailers)
         self._end(status)
@@ -380,16 +374,9 @@ class ProxiedCall:
         if task is not None:
             self._task = None
             task.cancel()
-        if self._admitted:
-            self._admitted = False
-            self._policy.release()
         self._release_request()
-        self._runtime.leave()
         self._conn.finish(self._sid, not self._req_ended)
-        target = self._target_name
-        self._proxy.telemetry.end(self._proxy.listener, self._method, target,
-                                  "grpc" if target else None, status, self._started,
-                                  self._ctx)
+        self._scope.end(status)
 
     def _stop_attempt(self) -> None:
         """Give up the attempt under way (the call is ending): nothing of it counts."""
