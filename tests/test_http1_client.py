@@ -369,3 +369,39 @@ async def test_a_broken_answer_is_an_error_that_says_it_was_sent(answer: bytes,
         await asyncio.sleep(0.05)
         assert pool.stats() == {"connections": 0, "idle": 0}
         await pool.close()
+
+
+def test_a_request_that_takes_over_a_connection_before_the_last_one_resumed_keeps_its_time(
+) -> None:
+    """Under load a connection freed by one answer is taken by the next request before the
+    first one's task has resumed (uvloop runs that request's step first). The first
+    exchange's time limit must not follow the connection: its timer once stayed armed and
+    cut the next exchange short (DEADLINE_EXCEEDED after a millisecond), or the first
+    task cancelled the second's timer."""
+    import uvloop
+
+    async def scenario() -> tuple[int, bytes, int]:
+        pool: Http1Pool | None = None
+        second: list[asyncio.Future[tuple[int, dict[str, str], bytes]]] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await _read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+            assert pool is not None  # the next request, queued before the answer is read
+            second.append(asyncio.ensure_future(_get(pool, timeout=5.0)))
+            await _read_request(reader)
+            await asyncio.sleep(0.6)  # past the first request's time limit
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+            await writer.drain()
+            await asyncio.sleep(1)
+
+        async with Raw(serve) as raw:
+            pool = _pool(raw.port, max_connections=1)
+            first = await _get(pool, timeout=0.3)
+            assert first[2] == b"first"
+            status, _, body = await second[0]
+            accepts = raw.accepts
+            await pool.close()
+            return status, body, accepts
+
+    assert uvloop.run(scenario()) == (200, b"second", 1)

@@ -337,19 +337,20 @@ class _Connection(asyncio.Protocol):
         try:
             return await future
         except BaseException:
-            self.close()  # the answer's bytes may still come: the connection is spent
+            # Cancelled while the answer is under way: its bytes may still come, so the
+            # connection is spent. (Once the answer is in, the connection may already
+            # carry the next exchange: nothing here may touch it.)
+            if self._future is future:
+                self._fail(asyncio.CancelledError())
             raise
-        finally:
-            self._used = True
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
 
     def _timed_out(self) -> None:
         self._timer = None
         self._fail(TimeoutError())
 
     def _done(self, response: Response, reusable: bool) -> None:
+        self._stop_timer()
+        self._used = True
         future, self._future = self._future, None
         if future is not None and not future.done():
             future.set_result(response)
@@ -359,10 +360,16 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def _fail(self, error: BaseException) -> None:
+        self._stop_timer()
         future, self._future = self._future, None
         if future is not None and not future.done():
             future.set_exception(error)
         self.close()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def close(self) -> None:
         if self.transport is not None:
