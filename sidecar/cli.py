@@ -345,7 +345,8 @@ def http(socket_path: str, target: str, method: str, path: str, headers: tuple[s
 @click.option("--timeout", default=10.0, show_default=True)
 def publish(socket_path: str, target: str, topic: str, key: str | None, value: str,
             headers: tuple[str, ...], timeout: float) -> None:
-    """One Kafka publish through the daemon; prints partition and offset."""
+    """One Kafka publish through the daemon; prints partition, offset, request id and
+    whether it was spooled (then partition and offset are -1: ask publish-status)."""
     import grpc
 
     from sidecar.v1 import sidecar_pb2, sidecar_pb2_grpc
@@ -360,7 +361,36 @@ def publish(socket_path: str, target: str, topic: str, key: str | None, value: s
             reply = sidecar_pb2_grpc.PublisherStub(channel).Publish(request, timeout=timeout)
         except grpc.RpcError as e:
             _fail_rpc(e, socket_path)
-    click.echo(f"topic={reply.topic} partition={reply.partition} offset={reply.offset}")
+    click.echo(f"topic={reply.topic} partition={reply.partition} offset={reply.offset} "
+               f"request_id={reply.request_id} spooled={'true' if reply.spooled else 'false'}")
+
+
+@main.command("publish-status")
+@_socket_option
+@click.argument("target")
+@click.argument("request_id")
+@click.option("--timeout", default=10.0, show_default=True)
+def publish_status(socket_path: str, target: str, request_id: str, timeout: float) -> None:
+    """What became of a published message, by its request id (kept for spooled ones)."""
+    import grpc
+
+    from sidecar.v1 import sidecar_pb2, sidecar_pb2_grpc
+
+    request = sidecar_pb2.PublishStatusRequest(target=target, request_id=request_id)
+    _reach_daemon(socket_path, timeout)
+    with _channel(socket_path) as channel:
+        try:
+            reply = sidecar_pb2_grpc.PublisherStub(channel).Status(request, timeout=timeout)
+        except grpc.RpcError as e:
+            _fail_rpc(e, socket_path)
+    state = sidecar_pb2.PublishStatusResponse.State.Name(reply.state)
+    if reply.state == sidecar_pb2.PublishStatusResponse.DELIVERED:
+        click.echo(f"state={state} topic={reply.topic} partition={reply.partition} "
+                   f"offset={reply.offset}")
+    elif reply.state == sidecar_pb2.PublishStatusResponse.FAILED:
+        click.echo(f"state={state} topic={reply.topic} error={reply.error}")
+    else:
+        click.echo(f"state={state}")
 
 
 @main.command()

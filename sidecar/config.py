@@ -283,6 +283,15 @@ class Producer:
     config: tuple[tuple[str, str], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Spool:
+    """`targets.<name>.spool`: where messages wait durably while the brokers are away."""
+
+    dir: str
+    max_bytes: int = 1024**3
+    retention: float = 3600.0  # how long a spooled message's status is kept once final
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KafkaTarget(Target):
     bootstrap_servers: tuple[str, ...]
@@ -290,6 +299,7 @@ class KafkaTarget(Target):
     topic_patterns: tuple[re.Pattern[str], ...] = ()
     producer: Producer = field(default_factory=Producer)
     max_message_bytes: int = 1024 * 1024
+    spool: Spool | None = None  # off unless configured
 
     kind = "kafka"
 

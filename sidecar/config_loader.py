@@ -6,6 +6,7 @@ import math
 import os
 import re
 import ssl
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +44,7 @@ from sidecar.config import (
     Reload,
     Retry,
     Route,
+    Spool,
     Target,
     Telemetry,
     Tls,
@@ -64,7 +66,7 @@ KIND_KEYS = {
         "base_url", "unix_socket", "headers", "pool", "tls", "forward_authorization", "health",
         "max_body",
     ),
-    "kafka": ("bootstrap_servers", "topics", "producer", "max_message_bytes"),
+    "kafka": ("bootstrap_servers", "topics", "producer", "max_message_bytes", "spool"),
 }
 METADATA_DEFAULTS = {
     "grpc": MetadataNames("user-id", "correlation-id", "request-id"),
@@ -330,8 +332,47 @@ def _kafka_target(s: Section, name: str, policy: dict[str, Any]) -> KafkaTarget:
     return KafkaTarget(
         name=name, bootstrap_servers=servers, topics=topics,
         topic_patterns=tuple(glob_pattern(t) for t in topics), producer=producer,
-        max_message_bytes=s.size("max_message_bytes", 1024 * 1024), **policy,
+        max_message_bytes=s.size("max_message_bytes", 1024 * 1024), spool=_spool(s),
+        **policy,
     )
+
+
+def _spool(target: Section) -> Spool | None:
+    """`spool`, off when absent; its directory must be one the daemon can write."""
+    if not target.has("spool"):
+        return None
+    s = target.section("spool", ("dir", "max_bytes", "retention"))
+    directory = s.required_string("dir")
+    base = Spool(directory)
+    spool = Spool(directory, s.size("max_bytes", base.max_bytes),
+                  s.duration("retention", base.retention))
+    if directory:
+        if not os.path.isabs(directory):
+            s.fail("dir", "must be an absolute path")
+        else:
+            reason = spool_dir_problem(directory)
+            if reason is not None:
+                s.fail("dir", reason)
+    return spool
+
+
+def spool_dir_problem(directory: str) -> str | None:
+    """Why the daemon could not keep a spool in `directory` (created at start if missing),
+    tried with a real file rather than permission bits (root passes those)."""
+    probe = directory
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        return f"cannot be written: {probe} is not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".sidecar-spool-probe-"):
+            pass
+    except OSError as e:
+        return f"cannot be written: {e.strerror or e}"
+    return None
 
 
 _READERS = {"grpc": _grpc_target, "http": _http_target, "kafka": _kafka_target}

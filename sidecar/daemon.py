@@ -45,7 +45,8 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.runtime = Runtime(config, self._breaker_changed)
-        self.telemetry = Telemetry(config, lambda: self.runtime.policies)
+        self.telemetry = Telemetry(config, lambda: self.runtime.policies,
+                                   lambda: self.runtime.spool_stats())
         self.health = HealthReporter(lambda: self.runtime.target_health())
         self.notifier = Notifier()
         self.listeners: dict[str, EngineListener] = {}

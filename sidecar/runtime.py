@@ -44,6 +44,8 @@ class Runtime:
         self.upstreams: dict[str, Upstream] = {
             name: build_upstream(t, redact) for name, t in config.targets.items()
         }
+        if previous is not None:
+            _keep_spools(self.upstreams, previous.upstreams)
         self.grpc: dict[str, GrpcUpstream] = {
             n: u for n, u in self.upstreams.items() if isinstance(u, GrpcUpstream)
         }
@@ -130,9 +132,35 @@ class Runtime:
             }
         return out
 
+    def spool_stats(self) -> dict[str, dict[str, Any]]:
+        """Per kafka target with a spool: its depth, bytes and oldest message's age."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, upstream in self.upstreams.items():
+            spool = getattr(upstream, "spool", None)
+            if spool is not None:
+                out[name] = spool.stats()
+        return out
+
     def target_health(self) -> dict[str, bool]:
-        """Health of every target: not while its breaker is open or it cannot connect."""
+        """Health of every target: not while its breaker is open or it cannot connect,
+        unless its spool takes the messages meanwhile (degraded, not down)."""
         return {
-            name: self.policies[name].breaker.state != OPEN and upstream.health()
+            name: upstream.health() and (self.policies[name].breaker.state != OPEN
+                                         or _spool_has_room(upstream))
             for name, upstream in self.upstreams.items()
         }
+
+
+def _spool_has_room(upstream: Upstream) -> bool:
+    has_room = getattr(upstream, "spool_has_room", None)
+    return has_room is not None and bool(has_room())
+
+
+def _keep_spools(upstreams: dict[str, Upstream], previous: dict[str, Upstream]) -> None:
+    """A kafka target keeping its `spool.dir` across a reload keeps its spool: one
+    database, one ledger and one drain, whichever upstream serves the target."""
+    for name, upstream in upstreams.items():
+        spool = getattr(upstream, "spool", None)
+        old = getattr(previous.get(name), "spool", None)
+        if spool is not None and old is not None and old.config.dir == spool.config.dir:
+            upstream.share_spool(old)  # type: ignore[attr-defined]  # a KafkaUpstream

@@ -256,7 +256,8 @@ def test_cli_publish_prints_partition_and_offset(
     )
     [message] = broker.read_all(topic)
     assert done.stdout.strip() == (
-        f"topic={topic} partition={message.partition()} offset={message.offset()}")
+        f"topic={topic} partition={message.partition()} offset={message.offset()} "
+        f"request_id={dict(message.headers() or [])['request-id'].decode()} spooled=false")
     assert (message.key(), message.value()) == (b"k", b"hello")
     assert dict(message.headers() or [])["x-app"] == b"1"
 

@@ -258,7 +258,8 @@ def test_quick_start_demo_as_an_ordinary_user_serves_all_three_kinds_and_cleans_
         assert result.stdout.startswith("HTTP 200") and '"body": "hello"' in result.stdout
         result = user.run(shlex.split(publish))
         assert result.returncode == 0, result.stderr
-        assert re.fullmatch(r"topic=demo\.events partition=0 offset=\d+", result.stdout.strip())
+        assert re.fullmatch(r"topic=demo\.events partition=0 offset=\d+ request_id=\S+ "
+                            r"spooled=false", result.stdout.strip())
 
         assert output.stop() == 0, output.lines
         assert "sidecar demo: stopping" in output.lines

@@ -304,6 +304,8 @@ def methods(http: Any, publisher: Any, health: Any) -> dict[bytes, tuple[str, Me
                                                 publisher.Publish),
         "/sidecar.v1.Publisher/PublishBatch": Method(
             sidecar_pb2.PublishBatchRequest.FromString, publisher.PublishBatch),
+        "/sidecar.v1.Publisher/Status": Method(sidecar_pb2.PublishStatusRequest.FromString,
+                                               publisher.Status),
         "/grpc.health.v1.Health/Check": Method(health_pb2.HealthCheckRequest.FromString,
                                                health.Check),
     }

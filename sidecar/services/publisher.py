@@ -3,6 +3,10 @@
 Requests are checked against the target (topic allow-list, message size)
 before anything is sent, every message gets the call's identity headers, and
 the call answers once the brokers acknowledged (or just before the deadline).
+On a target with a spool, what the brokers cannot acknowledge in time is spooled
+and answered `spooled` (upstreams/kafka_spool.py); `Status` tells what became of
+a message by its request id: a Publish's message carries the call's request id,
+message i of a PublishBatch carries `<request id>.<i>`.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.config import KafkaTarget
 from sidecar.context import CallContext, caller_metadata
-from sidecar.errors import InvalidRequestError, LimitExceededError, SidecarError
+from sidecar.errors import CircuitOpenError, InvalidRequestError, LimitExceededError, SidecarError
 from sidecar.resilience.policy import Attempt, TargetPolicy
 from sidecar.services.api_call import ApiService, ServicerContext
 from sidecar.telemetry.hub import Telemetry
 from sidecar.upstreams.kafka_messages import Outcomes, OutgoingMessage, classify
+from sidecar.upstreams.kafka_spool import spool_call
 from sidecar.v1 import sidecar_pb2
 
 if TYPE_CHECKING:  # confluent-kafka is loaded with the first kafka target
@@ -25,6 +30,7 @@ if TYPE_CHECKING:  # confluent-kafka is loaded with the first kafka target
 
 PUBLISH = "/sidecar.v1.Publisher/Publish"
 PUBLISH_BATCH = "/sidecar.v1.Publisher/PublishBatch"
+STATUS = "/sidecar.v1.Publisher/Status"
 Headers = list[tuple[str, str | bytes | None]]
 
 
@@ -45,6 +51,23 @@ class PublisherService(ApiService):
             partial(_publish_batch, request, self.telemetry), attributes,
         )
 
+    async def Status(self, request: Any, context: ServicerContext) -> Any:
+        return await self.serve(context, STATUS, request.target, "kafka",
+                                partial(_status, request))
+
+
+async def _status(
+    request: Any, upstream: KafkaUpstream, ctx: CallContext, policy: TargetPolicy,
+    deadline: float,
+) -> Any:
+    """A message's state by request id: kept for spooled ones only (UNKNOWN otherwise)."""
+    if not request.request_id:
+        raise InvalidRequestError(f"target {upstream.target.name!r}: request_id is empty")
+    state = upstream.status(request.request_id)
+    return sidecar_pb2.PublishStatusResponse(
+        state=state.state, topic=state.topic, partition=state.partition, offset=state.offset,
+        error=state.error)
+
 
 def _attributes(topic: str, operation: str) -> dict[str, Any]:
     return {"messaging.system": "kafka", "messaging.operation.name": operation,
@@ -61,12 +84,14 @@ async def _publish(
     if isinstance(message, SidecarError):
         ctx.end_attempt(str(message))
         raise message
-    outcome = (await _send(upstream, telemetry, ctx, policy, deadline, request.topic,
-                           (request,), (message,)))[0]
+    outcomes = await _send(upstream, telemetry, ctx, policy, deadline, request.topic,
+                           (request,), (message,))
+    outcome = outcomes[0]
     if isinstance(outcome, SidecarError):
         raise outcome
     return sidecar_pb2.PublishResponse(
-        topic=request.topic, partition=outcome.partition, offset=outcome.offset
+        topic=request.topic, partition=outcome.partition, offset=outcome.offset,
+        spooled=bool(outcomes.spooled), request_id=ctx.request_id,
     )
 
 
@@ -78,14 +103,14 @@ async def _publish_batch(
     only when the brokers took none of them (then the results would carry no news)."""
     upstream.check_topic(request.topic)
     requests = request.messages
-    outgoing = _outgoing(upstream.target, _identity(ctx, upstream.target))
+    outgoing = _outgoing(upstream.target, _identity(ctx, upstream.target), ctx.request_id)
     outcomes = await _send(upstream, telemetry, ctx, policy, deadline, request.topic,
-                           requests, map(outgoing, requests))
-    if not outcomes.delivered:
+                           requests, map(outgoing, requests, range(len(requests))))
+    if not outcomes.delivered and not outcomes.spooled:
         fault = outcomes.fault()
         if fault is not None:
             raise fault
-    return _batch_response(outcomes)
+    return _batch_response(outcomes, ctx.request_id)
 
 
 async def _send(
@@ -103,7 +128,14 @@ async def _send(
         return classify(made[-1])
 
     try:
-        await policy.run(deadline, attempt)
+        try:
+            await policy.run(deadline, attempt)
+        except CircuitOpenError:
+            spool = upstream.spool
+            if spool is None or made:
+                raise
+            made.append(await spool_call(upstream, spool, topic, messages, len(requests),
+                                         0.0, forced="circuit open"))
     finally:
         failed = made[-1].fault() if made else None
         ctx.end_attempt(None if failed is None else str(failed))
@@ -125,8 +157,8 @@ def _identity(ctx: CallContext, target: KafkaTarget) -> tuple[Headers, frozenset
 
 
 def _outgoing(
-    target: KafkaTarget, identity: tuple[Headers, frozenset[str]]
-) -> Callable[[Any], OutgoingMessage | SidecarError]:
+    target: KafkaTarget, identity: tuple[Headers, frozenset[str]], batch_id: str | None = None,
+) -> Callable[..., OutgoingMessage | SidecarError]:
     """What turns a PublishRequest's or BatchMessage's message into the message as sent,
     or why it is refused; what every message of the call shares is bound once here.
 
@@ -134,12 +166,16 @@ def _outgoing(
     a caller cannot pose as another user); the size counted against
     `max_message_bytes` is key, value and the caller's headers. A message
     without headers of its own shares the call's injected list (librdkafka
-    copies headers at produce time).
+    copies headers at produce time). In a batch (`batch_id`, the call's request id),
+    message `index` carries the request id `<batch_id>.<index>`.
     """
     injected, reserved = identity
     name, limit = target.name, target.max_message_bytes
+    id_name = target.metadata.request_id
+    at = next(i for i, (k, _) in enumerate(injected) if k == id_name)
+    request_id = str(injected[at][1])
 
-    def outgoing(m: Any) -> OutgoingMessage | SidecarError:
+    def outgoing(m: Any, index: int | None = None) -> OutgoingMessage | SidecarError:
         key, value, own = m.key, m.value, m.headers
         if m.HasField("partition"):
             partition = m.partition
@@ -149,33 +185,39 @@ def _outgoing(
             partition = -1
         size = len(key) + len(value)
         headers = injected
+        rid = request_id
+        if index is not None:
+            rid = f"{batch_id}.{index}"
+            headers = injected.copy()
+            headers[at] = (id_name, rid)
         if own:
-            headers = caller_metadata([(h.name, h.value) for h in own], reserved)
-            headers += injected
+            headers = caller_metadata([(h.name, h.value) for h in own], reserved) + headers
             size += sum(len(h.name) + len(h.value.encode()) for h in own)
         if size > limit:
             return LimitExceededError(f"target {name!r}: message of {size} bytes is over the "
                                       f"{limit}-byte limit (max_message_bytes)")
-        return OutgoingMessage(key or None, value, headers, partition)
+        return OutgoingMessage(key or None, value, headers, partition, rid)
 
     return outgoing
 
 
-def _batch_response(outcomes: Outcomes) -> Any:
+def _batch_response(outcomes: Outcomes, request_id: str) -> Any:
     """One result per message, added in place (no standalone message per result); an
     error shared by many messages is formatted once."""
     response = sidecar_pb2.PublishBatchResponse()
     add = response.results.add
     errors = outcomes.errors
+    spooled = outcomes.spooled
     texts: dict[SidecarError, str] = {}
     for i, (partition, offset) in enumerate(zip(outcomes.partitions, outcomes.offsets,
                                                 strict=True)):
         error = errors.get(i) if errors else None
+        rid = f"{request_id}.{i}"
         if error is None:
-            add(partition=partition, offset=offset)
+            add(partition=partition, offset=offset, spooled=i in spooled, request_id=rid)
         else:
             text = texts.get(error)
             if text is None:
                 text = texts[error] = f"{error.grpc_status.name}: {error}"
-            add(error=text)
+            add(error=text, request_id=rid)
     return response

@@ -28,10 +28,11 @@ _MAX_CACHED_ATTRS = 4096  # target x kind x status: bounded by config, capped al
 class Telemetry:
     """Access log, metrics and traces for every call the daemon serves."""
 
-    def __init__(self, config: Config, policies: Callable[[], dict[str, TargetPolicy]]) -> None:
+    def __init__(self, config: Config, policies: Callable[[], dict[str, TargetPolicy]],
+                 spools: Callable[[], dict[str, dict[str, Any]]] = dict) -> None:
         self.access = AccessLog(config.log.access)
         self.active: dict[str, int] = {}
-        self.metrics = Metrics(policies, self.active)
+        self.metrics = Metrics(policies, self.active, spools)
         self.tracer: Tracer | None = None
         if config.telemetry.tracing.otlp_endpoint is not None:
             from sidecar.telemetry.tracing import Tracer

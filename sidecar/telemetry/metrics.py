@@ -26,6 +26,14 @@ from sidecar.telemetry.histogram import DurationHistogram, Histograms
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
            10.0, 30.0)
 BREAKER_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+# Kafka spools, read from their ledgers at scrape time: (stats field, name, unit, what).
+_SPOOL_GAUGES = (
+    ("messages", "sidecar.kafka.spool.messages", "{message}",
+     "messages waiting in the target's spool"),
+    ("bytes", "sidecar.kafka.spool.bytes", "By", "bytes held by the target's spool"),
+    ("oldest_age_s", "sidecar.kafka.spool.oldest_age", "s",
+     "age of the oldest message waiting in the spool (0 when empty)"),
+)
 _MAX_SENT_SERIES = 4096  # (target, topic) pairs counted apart; more are counted as "other"
 
 
@@ -33,9 +41,11 @@ class Metrics:
     """The daemon's instruments; `render()` is the body of GET /metrics."""
 
     def __init__(
-        self, policies: Callable[[], dict[str, TargetPolicy]], active: dict[str, int]
+        self, policies: Callable[[], dict[str, TargetPolicy]], active: dict[str, int],
+        spools: Callable[[], dict[str, dict[str, Any]]] = dict,
     ) -> None:
         self._policies = policies
+        self._spools = spools
         self._active = active
         self.registry = CollectorRegistry(auto_describe=True)
         self.provider = MeterProvider(
@@ -89,6 +99,9 @@ class Metrics:
             "sidecar.target.breaker.state",
             callbacks=[self._per_target(lambda p: BREAKER_VALUES[p.breaker.state])],
             unit="1", description="breaker state: 0 closed, 1 half-open, 2 open")
+        for field, name, unit, description in _SPOOL_GAUGES:
+            meter.create_observable_gauge(name, callbacks=[self._spool(field)], unit=unit,
+                                          description=description)
         meter.create_observable_up_down_counter(
             "sidecar.listener.active_calls", callbacks=[self._listeners], unit="{call}",
             description="calls in progress per listener")
@@ -132,6 +145,12 @@ class Metrics:
                 "sidecar.target": target, "messaging.system": "kafka",
                 "messaging.destination.name": topic}) for (target, topic), entry in
                 list(self.sent.items())]
+        return observe
+
+    def _spool(self, field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(s[field], {"sidecar.target": name})
+                    for name, s in self._spools().items()]
         return observe
 
     def _listeners(self, options: CallbackOptions) -> Iterable[Observation]:

@@ -47,6 +47,14 @@ def render(data: dict[str, Any], as_json: bool) -> str:
     ]
     lines += _table(["name", "kind", "address", "healthy", "breaker", "in-flight", "budget",
                      "requests", "retries", "shed", "rejected", "last error"], rows)
+    spools = [[name, str(s["messages"]), f"{s['bytes']}/{s['max_bytes']}",
+               f"{s['oldest_age_s']:.1f}s", str(s["held"]), str(s["spooled"]),
+               str(s["drained"]), str(s["failed"]), s["dir"]]
+              for name, t in data["targets"].items() if (s := t.get("spool")) is not None]
+    if spools:
+        lines += ["", "KAFKA SPOOLS"]
+        lines += _table(["target", "messages", "bytes", "oldest", "held", "spooled",
+                         "drained", "failed", "dir"], spools)
     return "\n".join(lines)
 
 

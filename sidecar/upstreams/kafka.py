@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
@@ -44,6 +44,7 @@ from sidecar.upstreams.kafka_config import (
     producer_problems,
     redact_config_values,
 )
+from sidecar.upstreams.kafka_ledger import UNKNOWN, SpoolState
 from sidecar.upstreams.kafka_messages import (
     Delivered,
     Outcome,
@@ -51,6 +52,8 @@ from sidecar.upstreams.kafka_messages import (
     OutgoingMessage,
     classify,
 )
+from sidecar.upstreams.kafka_spool import Spool, spool_call
+from sidecar.upstreams.kafka_store import StoredMessage
 
 __all__ = ["Delivered", "KafkaUpstream", "Outcome", "Outcomes", "OutgoingMessage", "classify",
            "producer_config", "producer_problems"]
@@ -84,9 +87,10 @@ def _time_up(done: asyncio.Future[None]) -> None:
 
 class _Pending:
     """One call's outcomes, one per message, complete once every message has one;
-    reports after the call answered (`done` cancelled) are not recorded."""
+    reports after the call answered (`done` cancelled) are not recorded, except those
+    of messages spooled while librdkafka still had them (`late`)."""
 
-    __slots__ = ("done", "left", "results", "target", "topic")
+    __slots__ = ("done", "late", "left", "results", "target", "topic")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, target: str, topic: str, n: int) -> None:
         self.target = target
@@ -94,10 +98,15 @@ class _Pending:
         self.results = Outcomes(n)
         self.left = n
         self.done: asyncio.Future[None] = loop.create_future()
+        self.late: dict[int, Callable[[tuple[int, int] | None], None]] | None = None
 
     def report(self, index: int, err: KafkaError | None, msg: Message) -> None:
         """librdkafka's delivery callback."""
         if self.done.done():
+            late = self.late
+            if late is not None and index in late:
+                late.pop(index)(None if err is not None else
+                                (msg.partition() or 0, msg.offset() or 0))
             return
         if err is None:
             self.results.deliver(index, msg.partition() or 0, msg.offset() or 0, len(msg))
@@ -124,6 +133,8 @@ class KafkaUpstream:
 
     def __init__(self, target: KafkaTarget, redact: Redactor = NO_SECRETS) -> None:
         self.target = target
+        self.spool = None if target.spool is None else Spool(target)
+        self._drain: asyncio.Task[None] | None = None
         self._redact = redact
         self._config = producer_config(target)
         self._producer: Producer | None = None
@@ -139,16 +150,34 @@ class KafkaUpstream:
         self._down_reason: str | None = None
         self.replaced = 0
 
+    def share_spool(self, spool: Spool) -> None:
+        """Take over the spool of the upstream a reload replaces (same `spool.dir`)."""
+        spool.configure(self.target)
+        self.spool = spool
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        spool = self.spool
+        if spool is not None:
+            await spool.open()  # a ConfigError naming spool.dir if it cannot be kept
         self._producer = self._new_producer()
         self._poller = asyncio.create_task(self._poll())
+        if spool is not None:
+            spool.hold(self)
+            self._drain = asyncio.create_task(spool.drain(
+                self, self._send_stored, lambda: self._brokers_up,
+                self.target.producer.delivery_timeout))
 
     async def close(self, timeout: float) -> None:
         """Flush what callers handed over, for up to `timeout` seconds, then release."""
         if self._poller is None:
             return
         self._closing = True
+        if self._drain is not None:
+            self._drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain
+            self._drain = None
         self._poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._poller
@@ -168,20 +197,36 @@ class KafkaUpstream:
                     producer.poll(0)
         self._producer = None
         self._retired.clear()
+        spool = self.spool
+        if spool is not None:
+            await spool.let_go(self)
 
     def health(self) -> bool:
-        """False while librdkafka reports no broker connection up."""
-        return self._brokers_up
+        """False while librdkafka reports no broker connection up, unless the spool has
+        room (a spooling target is degraded, not down)."""
+        return self._brokers_up or self.spool_has_room()
+
+    def spool_has_room(self) -> bool:
+        """The spool takes messages (there is one, and it is not full)."""
+        spool = self.spool
+        return spool is not None and spool.ledger.takes_messages()
 
     def stats(self) -> dict[str, Any]:
         producer = self._producer
-        return {
+        out: dict[str, Any] = {
             "kind": self.kind,
             "address": self._redact(",".join(self.target.bootstrap_servers)),
             "brokers_up": self._brokers_up,
             "queued": 0 if producer is None else len(producer),
             "producers_replaced": self.replaced,
         }
+        if self.spool is not None:
+            out["spool"] = self.spool.stats()
+        return out
+
+    def status(self, request_id: str) -> SpoolState:
+        """What became of the message whose request-id header is `request_id`."""
+        return UNKNOWN if self.spool is None else self.spool.status(request_id)
 
     def check_topic(self, topic: str) -> None:
         """Refuse an empty topic or one outside the target's allow-list."""
@@ -205,7 +250,28 @@ class KafkaUpstream:
         `producer.delivery_timeout`), so publishing is at-least-once; one the
         queue had no room for by then was not sent (RESOURCE_EXHAUSTED).
         A SidecarError in `messages` is a message refused before it was sent.
+        With a spool, what cannot be acknowledged in time is spooled instead
+        (kafka_spool.py says when).
         """
+        if self.spool is not None:
+            return await spool_call(self, self.spool, topic, messages, count, time_left)
+        pending = await self.send(topic, messages, count, time_left, _REPLY_MARGIN)
+        if isinstance(pending, Outcomes):
+            return pending
+        return self.answered(pending)
+
+    def spooling(self) -> str | None:
+        """Why new messages go straight to the spool, if they do: brokers unreachable."""
+        if self._brokers_up:
+            return None
+        return f"brokers unreachable ({self._down_reason or 'no broker connection up'})"
+
+    async def send(
+        self, topic: str, messages: Iterable[OutgoingMessage | SidecarError], count: int,
+        time_left: float, margin: float,
+    ) -> _Pending | Outcomes:
+        """Enqueue and wait until acknowledged or `margin` (at most a fifth of the time
+        left) before the deadline: the call's pending outcomes, or its failure at once."""
         name = self.target.name
         producer, loop = self._producer, self._loop
         if time_left <= 0:
@@ -215,7 +281,7 @@ class KafkaUpstream:
             return Outcomes.failed(count, UpstreamUnavailableError(
                 f"target {name!r}: shutting down"))
         pending = _Pending(loop, name, topic, count)
-        answer_at = loop.time() + time_left - min(_REPLY_MARGIN, time_left / 5)
+        answer_at = loop.time() + time_left - min(margin, time_left / 5)
         done = pending.done
         timer = None
         try:
@@ -230,6 +296,11 @@ class KafkaUpstream:
             if timer is not None:
                 timer.cancel()
             done.cancel()  # answered (or cancelled): later reports are not recorded
+        return pending
+
+    def answered(self, pending: _Pending) -> Outcomes:
+        """The call's outcomes once answered: what has none failed for want of an ack."""
+        name = self.target.name
         outcomes = pending.results
         if pending.left:
             outcomes.fill(UpstreamUnavailableError(
@@ -293,6 +364,28 @@ class KafkaUpstream:
         self._wake.set()
         await asyncio.wait((room,), timeout=min(left, _ROOM_WAIT))
         return None
+
+    def _send_stored(self, m: StoredMessage, settle: Callable[[Any], None]) -> None:
+        """Hand a spooled message to the producer for the drain; `settle` gets the
+        (partition, offset) acknowledged or our error."""
+        producer = self._producer
+        if producer is None or self._closing:
+            settle(UpstreamUnavailableError(f"target {self.target.name!r}: shutting down"))
+            return
+        name, topic = self.target.name, m.topic
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            settle((msg.partition() or 0, msg.offset() or 0) if err is None
+                   else delivery_error(name, topic, err))
+
+        try:
+            producer.produce(topic, m.value, m.key, m.partition, on_delivery=report,
+                             headers=m.headers)
+        except BufferError:
+            settle(UpstreamUnavailableError(f"target {name!r}: producer queue full"))
+        except KafkaException as e:
+            settle(delivery_error(name, topic, e.args[0]))
+        self._wake.set()
 
     def _gone(self, producer: Producer) -> SidecarError | None:
         """Why no more messages go to `producer`: closing, or replaced while a call ran."""

@@ -20,6 +20,7 @@ class OutgoingMessage(NamedTuple):
     value: bytes
     headers: list[tuple[str, str | bytes | None]]
     partition: int  # -1: the partitioner chooses
+    request_id: str = ""  # its request-id header's value (what Status is asked with)
 
 
 Outcome = Delivered | SidecarError
@@ -29,15 +30,20 @@ _UNSET = -(2**63)  # no offset yet (librdkafka's own "no offset" values are smal
 class Outcomes:
     """One call's outcomes, one per message in order, without an object per delivered
     message: partitions and offsets in arrays, failures by index; `delivered` and
-    `delivered_bytes` (of values) count the acknowledged ones."""
+    `delivered_bytes` (of values) count the acknowledged ones. `spooled` holds the
+    indexes kept in the target's spool (answered OK, delivered later); `unacked` says
+    some were spooled for want of an acknowledgement (a fault, for the breaker)."""
 
-    __slots__ = ("delivered", "delivered_bytes", "errors", "offsets", "partitions")
+    __slots__ = ("delivered", "delivered_bytes", "errors", "offsets", "partitions", "spooled",
+                 "unacked")
 
     def __init__(self, n: int) -> None:
         self.partitions = array("i", bytes(4 * n))
         self.offsets = array("q", [_UNSET]) * n
         self.errors: dict[int, SidecarError] = {}
         self.delivered = self.delivered_bytes = 0
+        self.spooled: set[int] = set()
+        self.unacked = False
 
     @classmethod
     def failed(cls, n: int, error: SidecarError) -> Outcomes:
@@ -50,6 +56,17 @@ class Outcomes:
         self.offsets[index] = offset
         self.delivered += 1
         self.delivered_bytes += value_bytes
+
+    def spool(self, index: int) -> None:
+        """Message `index` is in the spool: no error, no offset (-1) yet."""
+        self.errors.pop(index, None)
+        self.partitions[index] = -1
+        self.offsets[index] = -1
+        self.spooled.add(index)
+
+    def answered(self, index: int) -> bool:
+        """Message `index` has an outcome (acknowledged, refused or spooled)."""
+        return self.offsets[index] != _UNSET or index in self.errors
 
     def fill(self, error: SidecarError) -> None:
         """`error` for every message that has no outcome yet."""
@@ -75,5 +92,6 @@ class Outcomes:
 def classify(outcomes: Outcomes) -> Attempt:
     """One call's outcomes for the resilience layer: never retried (librdkafka already
     retried; a second send could duplicate), broker failures count for the breaker."""
-    ok = outcomes.delivered == len(outcomes)
-    return Attempt(ok=ok, fault=outcomes.fault() is not None, retryable=False)
+    ok = outcomes.delivered + len(outcomes.spooled) == len(outcomes)
+    fault = outcomes.unacked or outcomes.fault() is not None
+    return Attempt(ok=ok, fault=fault, retryable=False)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sidecar/v1/sidecar.proto\x12\nsidecar.v1\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"n\n\x0bHttpRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12#\n\x07headers\x18\x04 \x03(\x0b\x32\x12.sidecar.v1.Header\x12\x0c\n\x04\x62ody\x18\x05 \x01(\x0c\"Q\n\x0cHttpResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12#\n\x07headers\x18\x02 \x03(\x0b\x32\x12.sidecar.v1.Header\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\"\x96\x01\n\x0ePublishRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\x0c\x12\r\n\x05value\x18\x04 \x01(\x0c\x12#\n\x07headers\x18\x05 \x03(\x0b\x32\x12.sidecar.v1.Header\x12\x16\n\tpartition\x18\x06 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_partition\"C\n\x0fPublishResponse\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"u\n\x0c\x42\x61tchMessage\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12#\n\x07headers\x18\x03 \x03(\x0b\x32\x12.sidecar.v1.Header\x12\x16\n\tpartition\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_partition\"`\n\x13PublishBatchRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12*\n\x08messages\x18\x03 \x03(\x0b\x32\x18.sidecar.v1.BatchMessage\"A\n\rPublishResult\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"B\n\x14PublishBatchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.sidecar.v1.PublishResult2F\n\tHttpProxy\x12\x39\n\x04\x43\x61ll\x12\x17.sidecar.v1.HttpRequest\x1a\x18.sidecar.v1.HttpResponse2\xa2\x01\n\tPublisher\x12\x42\n\x07Publish\x12\x1a.sidecar.v1.PublishRequest\x1a\x1b.sidecar.v1.PublishResponse\x12Q\n\x0cPublishBatch\x12\x1f.sidecar.v1.PublishBatchRequest\x1a .sidecar.v1.PublishBatchResponseB?\n\nsidecar.v1B\x0cSidecarProtoP\x01Z\x14sidecar/v1;sidecarv1\xaa\x02\nSidecar.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18sidecar/v1/sidecar.proto\x12\nsidecar.v1\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"n\n\x0bHttpRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12#\n\x07headers\x18\x04 \x03(\x0b\x32\x12.sidecar.v1.Header\x12\x0c\n\x04\x62ody\x18\x05 \x01(\x0c\"Q\n\x0cHttpResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12#\n\x07headers\x18\x02 \x03(\x0b\x32\x12.sidecar.v1.Header\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\"\x96\x01\n\x0ePublishRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\x0c\x12\r\n\x05value\x18\x04 \x01(\x0c\x12#\n\x07headers\x18\x05 \x03(\x0b\x32\x12.sidecar.v1.Header\x12\x16\n\tpartition\x18\x06 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_partition\"h\n\x0fPublishResponse\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0f\n\x07spooled\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"u\n\x0c\x42\x61tchMessage\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12#\n\x07headers\x18\x03 \x03(\x0b\x32\x12.sidecar.v1.Header\x12\x16\n\tpartition\x18\x04 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_partition\"`\n\x13PublishBatchRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12*\n\x08messages\x18\x03 \x03(\x0b\x32\x18.sidecar.v1.BatchMessage\"f\n\rPublishResult\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0f\n\x07spooled\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"B\n\x14PublishBatchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.sidecar.v1.PublishResult\":\n\x14PublishStatusRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\xce\x01\n\x15PublishStatusResponse\x12\x36\n\x05state\x18\x01 \x01(\x0e\x32\'.sidecar.v1.PublishStatusResponse.State\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"<\n\x05State\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x0b\n\x07SPOOLED\x10\x01\x12\r\n\tDELIVERED\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x32\x46\n\tHttpProxy\x12\x39\n\x04\x43\x61ll\x12\x17.sidecar.v1.HttpRequest\x1a\x18.sidecar.v1.HttpResponse2\xf1\x01\n\tPublisher\x12\x42\n\x07Publish\x12\x1a.sidecar.v1.PublishRequest\x1a\x1b.sidecar.v1.PublishResponse\x12Q\n\x0cPublishBatch\x12\x1f.sidecar.v1.PublishBatchRequest\x1a .sidecar.v1.PublishBatchResponse\x12M\n\x06Status\x12 .sidecar.v1.PublishStatusRequest\x1a!.sidecar.v1.PublishStatusResponseB?\n\nsidecar.v1B\x0cSidecarProtoP\x01Z\x14sidecar/v1;sidecarv1\xaa\x02\nSidecar.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,17 +41,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHREQUEST']._serialized_start=275
   _globals['_PUBLISHREQUEST']._serialized_end=425
   _globals['_PUBLISHRESPONSE']._serialized_start=427
-  _globals['_PUBLISHRESPONSE']._serialized_end=494
-  _globals['_BATCHMESSAGE']._serialized_start=496
-  _globals['_BATCHMESSAGE']._serialized_end=613
-  _globals['_PUBLISHBATCHREQUEST']._serialized_start=615
-  _globals['_PUBLISHBATCHREQUEST']._serialized_end=711
-  _globals['_PUBLISHRESULT']._serialized_start=713
-  _globals['_PUBLISHRESULT']._serialized_end=778
-  _globals['_PUBLISHBATCHRESPONSE']._serialized_start=780
-  _globals['_PUBLISHBATCHRESPONSE']._serialized_end=846
-  _globals['_HTTPPROXY']._serialized_start=848
-  _globals['_HTTPPROXY']._serialized_end=918
-  _globals['_PUBLISHER']._serialized_start=921
-  _globals['_PUBLISHER']._serialized_end=1083
+  _globals['_PUBLISHRESPONSE']._serialized_end=531
+  _globals['_BATCHMESSAGE']._serialized_start=533
+  _globals['_BATCHMESSAGE']._serialized_end=650
+  _globals['_PUBLISHBATCHREQUEST']._serialized_start=652
+  _globals['_PUBLISHBATCHREQUEST']._serialized_end=748
+  _globals['_PUBLISHRESULT']._serialized_start=750
+  _globals['_PUBLISHRESULT']._serialized_end=852
+  _globals['_PUBLISHBATCHRESPONSE']._serialized_start=854
+  _globals['_PUBLISHBATCHRESPONSE']._serialized_end=920
+  _globals['_PUBLISHSTATUSREQUEST']._serialized_start=922
+  _globals['_PUBLISHSTATUSREQUEST']._serialized_end=980
+  _globals['_PUBLISHSTATUSRESPONSE']._serialized_start=983
+  _globals['_PUBLISHSTATUSRESPONSE']._serialized_end=1189
+  _globals['_PUBLISHSTATUSRESPONSE_STATE']._serialized_start=1129
+  _globals['_PUBLISHSTATUSRESPONSE_STATE']._serialized_end=1189
+  _globals['_HTTPPROXY']._serialized_start=1191
+  _globals['_HTTPPROXY']._serialized_end=1261
+  _globals['_PUBLISHER']._serialized_start=1264
+  _globals['_PUBLISHER']._serialized_end=1505
 # @@protoc_insertion_point(module_scope)

@@ -120,6 +120,11 @@ class PublisherStub:
                 request_serializer=sidecar_dot_v1_dot_sidecar__pb2.PublishBatchRequest.SerializeToString,
                 response_deserializer=sidecar_dot_v1_dot_sidecar__pb2.PublishBatchResponse.FromString,
                 _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/sidecar.v1.Publisher/Status',
+                request_serializer=sidecar_dot_v1_dot_sidecar__pb2.PublishStatusRequest.SerializeToString,
+                response_deserializer=sidecar_dot_v1_dot_sidecar__pb2.PublishStatusResponse.FromString,
+                _registered_method=True)
 
 
 class PublisherServicer:
@@ -138,6 +143,13 @@ class PublisherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Status(self, request, context):
+        """A message's state by the id in its request-id header (kept for spooled messages).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PublisherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -150,6 +162,11 @@ def add_PublisherServicer_to_server(servicer, server):
                     servicer.PublishBatch,
                     request_deserializer=sidecar_dot_v1_dot_sidecar__pb2.PublishBatchRequest.FromString,
                     response_serializer=sidecar_dot_v1_dot_sidecar__pb2.PublishBatchResponse.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=sidecar_dot_v1_dot_sidecar__pb2.PublishStatusRequest.FromString,
+                    response_serializer=sidecar_dot_v1_dot_sidecar__pb2.PublishStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -207,6 +224,33 @@ class Publisher:
             '/sidecar.v1.Publisher/PublishBatch',
             sidecar_dot_v1_dot_sidecar__pb2.PublishBatchRequest.SerializeToString,
             sidecar_dot_v1_dot_sidecar__pb2.PublishBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sidecar.v1.Publisher/Status',
+            sidecar_dot_v1_dot_sidecar__pb2.PublishStatusRequest.SerializeToString,
+            sidecar_dot_v1_dot_sidecar__pb2.PublishStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
