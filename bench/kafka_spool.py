@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import socket
 import statistics
 import sys
@@ -292,6 +293,8 @@ def main() -> int:
     except BenchError as e:
         print(e, file=sys.stderr)
         return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print(report(results))
     if args.json:
         args.json.write_text(json.dumps({"settings": vars(args) | {"json": str(args.json)},
