@@ -211,6 +211,36 @@ def test_a_crash_in_the_middle_of_draining_loses_nothing_and_duplicates_at_most_
         broker.stop()
 
 
+def test_a_stop_in_the_middle_of_draining_keeps_the_rest_and_duplicates_nothing(
+    daemon_factory: Callable[..., Daemon], short_dir: Path
+) -> None:
+    """SIGTERM lets the drain step under way record its acknowledgements; the rest stays
+    in the spool for the next start."""
+    broker = Broker(free_port())
+    topic = f"t-{uuid.uuid4().hex[:12]}"
+    config = _config(short_dir, broker, short_dir / "spool", producer={"linger": "50ms"})
+    d = daemon_factory(config)
+    d.wait_log("kafka brokers unreachable")
+    ids = [r.request_id for r, _ in _publish_all(d, topic, 3000)]
+    assert d.stop() == 0
+
+    broker.start()
+    try:
+        broker.create_topic(topic)
+        draining = daemon_factory(config)
+        admin = draining.admin or ""
+        eventually(lambda: _left_mid_drain(admin), timeout=30, interval=0.005)
+        assert draining.stop() == 0
+        assert Path(config["targets"]["events"]["spool"]["dir"], "spool.db").exists()
+        again = daemon_factory(config)
+        again.wait_log("kafka spool resumed")
+        again.wait_log("kafka spool drained", timeout=30)
+        records = _consume(broker, topic, 3000)
+        assert sorted(_request_id(r) for r in records) == sorted(ids), "once each"
+    finally:
+        broker.stop()
+
+
 def _left_mid_drain(admin: str) -> int:
     left = int(_status(admin)["messages"])
     assert 0 < left < 3000, left

@@ -174,10 +174,7 @@ class KafkaUpstream:
             return
         self._closing = True
         if self._drain is not None:
-            self._drain.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drain
-            self._drain = None
+            await self._stop_drain(timeout)
         self._poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._poller
@@ -200,6 +197,22 @@ class KafkaUpstream:
         spool = self.spool
         if spool is not None:
             await spool.let_go(self)
+
+    async def _stop_drain(self, timeout: float) -> None:
+        """Let a drain step under way record its acknowledgements (else the next start
+        would send those messages again), for up to `timeout` seconds, then stop it."""
+        assert self._drain is not None and self.spool is not None
+        lock = self.spool.draining
+        held = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(lock.acquire(), timeout)
+            held = True
+        self._drain.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._drain
+        self._drain = None
+        if held:
+            lock.release()
 
     def health(self) -> bool:
         """False while librdkafka reports no broker connection up, unless the spool has
