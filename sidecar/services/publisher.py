@@ -22,7 +22,6 @@ from sidecar.resilience.policy import Attempt, TargetPolicy
 from sidecar.services.api_call import ApiService, ServicerContext
 from sidecar.telemetry.hub import Telemetry
 from sidecar.upstreams.kafka_messages import Outcomes, OutgoingMessage, classify
-from sidecar.upstreams.kafka_spool import spool_call
 from sidecar.v1 import sidecar_pb2
 
 if TYPE_CHECKING:  # confluent-kafka is loaded with the first kafka target
@@ -134,8 +133,8 @@ async def _send(
             spool = upstream.spool
             if spool is None or made:
                 raise
-            made.append(await spool_call(upstream, spool, topic, messages, len(requests),
-                                         0.0, forced="circuit open"))
+            made.append(await upstream.spool_all(topic, messages, len(requests),
+                                                  "circuit open"))
     finally:
         failed = made[-1].fault() if made else None
         ctx.end_attempt(None if failed is None else str(failed))

@@ -39,6 +39,7 @@ from sidecar.errors import (
 )
 from sidecar.telemetry.redaction import NO_SECRETS, Redactor
 from sidecar.upstreams.kafka_config import (
+    ClientLog,
     delivery_error,
     producer_config,
     producer_problems,
@@ -52,7 +53,7 @@ from sidecar.upstreams.kafka_messages import (
     OutgoingMessage,
     classify,
 )
-from sidecar.upstreams.kafka_spool import Spool, spool_call
+from sidecar.upstreams.kafka_spool import Spool, send_stored, spool_call
 from sidecar.upstreams.kafka_store import StoredMessage
 
 __all__ = ["Delivered", "KafkaUpstream", "Outcome", "Outcomes", "OutgoingMessage", "classify",
@@ -273,6 +274,12 @@ class KafkaUpstream:
             return pending
         return self.answered(pending)
 
+    async def spool_all(self, topic: str, messages: Iterable[OutgoingMessage | SidecarError],
+                        count: int, reason: str) -> Outcomes:
+        """Spool the call's messages without sending them (the breaker is open)."""
+        assert self.spool is not None
+        return await spool_call(self, self.spool, topic, messages, count, 0.0, forced=reason)
+
     def spooling(self) -> str | None:
         """Why new messages go straight to the spool, if they do: brokers unreachable."""
         if self._brokers_up:
@@ -379,25 +386,8 @@ class KafkaUpstream:
         return None
 
     def _send_stored(self, m: StoredMessage, settle: Callable[[Any], None]) -> None:
-        """Hand a spooled message to the producer for the drain; `settle` gets the
-        (partition, offset) acknowledged or our error."""
-        producer = self._producer
-        if producer is None or self._closing:
-            settle(UpstreamUnavailableError(f"target {self.target.name!r}: shutting down"))
-            return
-        name, topic = self.target.name, m.topic
-
-        def report(err: KafkaError | None, msg: Message) -> None:
-            settle((msg.partition() or 0, msg.offset() or 0) if err is None
-                   else delivery_error(name, topic, err))
-
-        try:
-            producer.produce(topic, m.value, m.key, m.partition, on_delivery=report,
-                             headers=m.headers)
-        except BufferError:
-            settle(UpstreamUnavailableError(f"target {name!r}: producer queue full"))
-        except KafkaException as e:
-            settle(delivery_error(name, topic, e.args[0]))
+        """Hand a spooled message to the producer for the drain."""
+        send_stored(None if self._closing else self._producer, self.target.name, m, settle)
         self._wake.set()
 
     def _gone(self, producer: Producer) -> SidecarError | None:
@@ -416,7 +406,7 @@ class KafkaUpstream:
             **self._config,
             "error_cb": lambda err: self._on_error(gen, err),
             "stats_cb": lambda stats: self._on_stats(gen, stats),
-            "logger": _ClientLog(self.target.name, self._redact),
+            "logger": ClientLog(self.target.name, self._redact),
         }
         try:
             return Producer(config)
@@ -498,20 +488,3 @@ class KafkaUpstream:
                     **fields, "reason": reason}})
         self._brokers_up = up
         self._down_reason = None if up else reason
-
-
-class _ClientLog:
-    """librdkafka's log lines as the daemon's, with the target's name and no `${VAR}`
-    value. Connection failures (FAIL) repeat on every reconnect: debug, as the daemon
-    logs reachability."""
-
-    def __init__(self, target: str, redact: Redactor) -> None:
-        self._extra = {"fields": {"target": target}}
-        self._redact = redact
-
-    def log(self, level: int, fmt: str, *args: Any) -> None:
-        if args and args[0] == "FAIL":
-            level = logging.DEBUG
-        if log.isEnabledFor(level):
-            text = fmt % args if args else fmt  # formatted first: values hide in args
-            log.log(level, "%s", self._redact(text), extra=self._extra)

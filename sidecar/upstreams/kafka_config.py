@@ -1,9 +1,10 @@
 """librdkafka's side of a kafka target, without a producer running: the settings built
-from the target's config (and checked for `check-config`), and librdkafka's delivery
-errors in our words, naming the target."""
+from the target's config (and checked for `check-config`), librdkafka's delivery
+errors in our words, naming the target, and its log lines as the daemon's."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -16,7 +17,9 @@ from sidecar.errors import (
     SidecarError,
     UpstreamUnavailableError,
 )
+from sidecar.telemetry.redaction import Redactor
 
+log = logging.getLogger("sidecar.kafka")
 STATS_MS = 1000  # broker states for health(), and the stuck-producer check
 _QUEUE_MESSAGES = 100_000  # librdkafka's own default; the byte bound below is ours
 _QUEUE_KBYTES = 64 * 1024
@@ -98,3 +101,19 @@ def redact_config_values(text: str, target: KafkaTarget) -> str:
             text = text.replace(value, "***")
     return text
 
+
+class ClientLog:
+    """librdkafka's log lines as the daemon's, with the target's name and no `${VAR}`
+    value. Connection failures (FAIL) repeat on every reconnect: debug, as the daemon
+    logs reachability."""
+
+    def __init__(self, target: str, redact: Redactor) -> None:
+        self._extra = {"fields": {"target": target}}
+        self._redact = redact
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        if args and args[0] == "FAIL":
+            level = logging.DEBUG
+        if log.isEnabledFor(level):
+            text = fmt % args if args else fmt  # formatted first: values hide in args
+            log.log(level, "%s", self._redact(text), extra=self._extra)

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
 from sidecar.config import KafkaTarget
 from sidecar.errors import (
     LimitExceededError,
@@ -33,13 +35,15 @@ from sidecar.errors import (
     UpstreamError,
     UpstreamUnavailableError,
 )
+from sidecar.upstreams.kafka_config import delivery_error
 from sidecar.upstreams.kafka_ledger import DELIVERED, FAILED, SPOOLED, Final, SpoolLedger
 from sidecar.upstreams.kafka_messages import Outcomes, OutgoingMessage
 from sidecar.upstreams.kafka_store import SpoolStore, StoredMessage, encode_headers
 
 if TYPE_CHECKING:
     from sidecar.upstreams.kafka import KafkaUpstream
-    from sidecar.upstreams.kafka_ledger import SpoolState
+    from sidecar.upstreams.kafka_config import delivery_error
+from sidecar.upstreams.kafka_ledger import SpoolState
 
 log = logging.getLogger("sidecar.kafka")
 
@@ -337,6 +341,28 @@ async def spool_call(
 
         await spool.put(topic, to_spool, outcomes, reason, hold)
     return up.answered(pending)
+
+
+def send_stored(producer: Producer | None, name: str, m: StoredMessage,
+                settle: Callable[[Any], None]) -> None:
+    """Hand a spooled message to `producer` for the drain; `settle` gets the (partition,
+    offset) acknowledged, or our error (a full queue or no producer: sent again later)."""
+    if producer is None:
+        settle(UpstreamUnavailableError(f"target {name!r}: shutting down"))
+        return
+    topic = m.topic
+
+    def report(err: KafkaError | None, msg: Message) -> None:
+        settle((msg.partition() or 0, msg.offset() or 0) if err is None
+               else delivery_error(name, topic, err))
+
+    try:
+        producer.produce(topic, m.value, m.key, m.partition, on_delivery=report,
+                         headers=m.headers)
+    except BufferError:
+        settle(UpstreamUnavailableError(f"target {name!r}: producer queue full"))
+    except KafkaException as e:
+        settle(delivery_error(name, topic, e.args[0]))
 
 
 def _settler(report: asyncio.Future[Any]) -> Callable[[Any], None]:
