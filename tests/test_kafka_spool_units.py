@@ -249,3 +249,20 @@ def test_bad_spool_keys_are_named_by_key_path() -> None:
     with pytest.raises(ConfigError) as missing:
         parse_config(_target_config({}))
     assert missing.value.problems == ["targets.events.spool.dir: is required"]
+
+
+async def test_a_producer_librdkafka_refuses_at_start_releases_the_spool_dir(
+        tmp_path: Path) -> None:
+    from sidecar.config_loader import parse_config
+    from sidecar.upstreams.kafka import KafkaUpstream
+
+    raw = _target_config({"dir": str(tmp_path / "spool")})
+    raw["targets"]["events"]["producer"] = {"config": {"no.such.setting": "1"}}  # type: ignore[index]
+    bad = parse_config(raw).targets["events"]
+    with pytest.raises(ConfigError) as refused:
+        await KafkaUpstream(bad).start()  # type: ignore[arg-type]
+    assert refused.value.problems[0].startswith("targets.events.producer:")
+    del raw["targets"]["events"]["producer"]  # type: ignore[attr-defined]
+    good = KafkaUpstream(parse_config(raw).targets["events"])  # type: ignore[arg-type]
+    await good.start()  # the directory's lock was given back
+    await good.close(0)

@@ -161,10 +161,15 @@ class KafkaUpstream:
         spool = self.spool
         if spool is not None:
             await spool.open()  # a ConfigError naming spool.dir if it cannot be kept
-        self._producer = self._new_producer()
+            spool.hold(self)
+        try:
+            self._producer = self._new_producer()
+        except BaseException:
+            if spool is not None:
+                await spool.let_go(self)  # the store closes (and unlocks) if no one else holds it
+            raise
         self._poller = asyncio.create_task(self._poll())
         if spool is not None:
-            spool.hold(self)
             self._drain = asyncio.create_task(spool.drain(
                 self, self._send_stored, lambda: self._brokers_up,
                 self.target.producer.delivery_timeout))
