@@ -12,6 +12,8 @@ free room, up to its deadline. Delivery errors become our errors naming the
 target here; nothing above this module sees a librdkafka type. librdkafka's own log lines and error
 strings quote configured values (a broker address at debug level): every one
 passes through the runtime's `Redactor` before it is logged or shown.
+A target with a `spool` keeps what cannot be acknowledged in time on disk and
+delivers it later through this producer (kafka_spool.py).
 """
 
 from __future__ import annotations
