@@ -266,3 +266,27 @@ async def test_a_producer_librdkafka_refuses_at_start_releases_the_spool_dir(
     good = KafkaUpstream(parse_config(raw).targets["events"])  # type: ignore[arg-type]
     await good.start()  # the directory's lock was given back
     await good.close(0)
+
+
+def test_a_call_keeps_its_place_in_the_spool_order_while_it_sends() -> None:
+    """A message sent, then spooled at its deadline, goes before a later message with its
+    key spooled meanwhile; the drain holds back what comes after a call still sending."""
+    ledger = SpoolLedger(max_bytes=1000, retention=60)
+    first = ledger.reserve(2)  # a call of two messages begins
+    assert ledger.barrier() == first
+    later = ledger.add("later", b"k", 1, 1.0)  # spooled at once (brokers found down)
+    assert later > first + 1
+    early = ledger.add("early", b"k", 1, 2.0, held=True, seq=first + 1)  # at its deadline
+    assert early < later and ledger.next_seq == later + 1
+    ledger.sent(first)
+    assert ledger.barrier() is None
+
+
+def test_the_barrier_is_the_oldest_call_still_sending() -> None:
+    ledger = SpoolLedger(max_bytes=1000, retention=60)
+    a, b = ledger.reserve(3), ledger.reserve(1)
+    ledger.sent(a)
+    assert ledger.barrier() == b
+    ledger.sent(b)
+    ledger.sent(b)  # twice is harmless
+    assert ledger.barrier() is None

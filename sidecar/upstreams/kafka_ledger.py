@@ -58,7 +58,7 @@ class SpoolLedger:
     behind it) again until that send's report settles it (`release`, `deliver`, `fail`).
     """
 
-    __slots__ = ("_by_id", "_done", "_expiry", "_held", "_keys", "_waiting", "bytes",
+    __slots__ = ("_by_id", "_calls", "_done", "_expiry", "_held", "_keys", "_waiting", "bytes",
                  "full", "max_bytes", "next_seq", "retention")
 
     def __init__(self, max_bytes: int, retention: float) -> None:
@@ -67,7 +67,8 @@ class SpoolLedger:
         self.bytes = 0
         self.full = False  # it refused a message, and none has left since
         self.next_seq = 1
-        self._waiting: dict[int, Waiting] = {}  # by seq, oldest first (insertion order)
+        self._waiting: dict[int, Waiting] = {}  # by seq, in the order they were spooled
+        self._calls: dict[int, int] = {}  # first seq reserved -> messages, of calls sending
         self._by_id: dict[str, int] = {}  # request id -> seq of a waiting message
         self._keys: dict[bytes, int] = {}  # key -> waiting messages with it
         self._held: set[int] = set()
@@ -116,6 +117,23 @@ class SpoolLedger:
         if held:
             self._held.add(seq)
         return seq
+
+    def reserve(self, count: int) -> int:
+        """Spool places for a call's messages before they are sent (the first of `count`),
+        so one spooled later (not acknowledged in time) still goes before messages with
+        its key spooled meanwhile; `sent` when the call is over."""
+        first = self.next_seq
+        self.next_seq += count
+        self._calls[first] = count
+        return first
+
+    def sent(self, first: int) -> None:
+        self._calls.pop(first, None)
+
+    def barrier(self) -> int | None:
+        """The drain sends only messages before this place: a call still sending may
+        yet spool messages there."""
+        return min(self._calls) if self._calls else None
 
     def is_waiting(self, seq: int) -> bool:
         return seq in self._waiting

@@ -8,7 +8,9 @@ When a message is spooled rather than waited for (`spool_call`):
 - no acknowledgement came by a little before the caller's deadline (`SPOOL_MARGIN`):
   it is spooled *held*: librdkafka still has it and may deliver it, and its late
   report settles the spooled copy (delivered, or free for the drain to send).
-The caller is answered OK (`spooled`) once the spool's commit is on disk.
+The caller is answered OK (`spooled`) once the spool's commit is on disk. A call
+reserves its messages' places in the spool's order when it begins (`reserve`), so one
+spooled at its deadline still goes before messages with its key spooled meanwhile.
 
 The drain (`drain`) sends waiting messages oldest first while the brokers are up and
 nothing is held, a chunk at a time, and marks them delivered once acknowledged. A
@@ -53,6 +55,7 @@ SPOOL_MARGIN = 0.5
 DRAIN_CHUNK = 256  # messages sent per drain step (and at most duplicated by a crash)
 _DRAIN_IDLE = 1.0  # seconds between drain checks when nothing wakes it
 _DRAIN_BACKOFF = 1.0  # seconds after a drain step the brokers did not take
+_BARRIER_WAIT = 0.01  # seconds before looking again when calls still sending hold it up
 _DRAIN_SLACK = 5.0  # seconds past producer.delivery_timeout a drain step waits at most
 
 # Hands a spooled message to the producer; the callable gets its (partition, offset)
@@ -158,10 +161,12 @@ class Spool:
 
     async def put(self, topic: str, items: Sequence[tuple[int, OutgoingMessage, bool]],
                   outcomes: Outcomes, reason: str,
-                  hold: Callable[[int, int], None] | None = None) -> None:
+                  hold: Callable[[int, int], None] | None = None,
+                  first: int | None = None) -> None:
         """Spool (index, message, held) of one call; each index ends in `outcomes` as
         spooled, or as refused (a full spool, a failed write). `hold(index, seq)` is
-        told of every held one before the first wait, so no late report is missed."""
+        told of every held one before the first wait, so no late report is missed.
+        `first`: the call's reserved places (message `index` goes at `first + index`)."""
         ledger, now = self.ledger, time.time()
         rows: list[tuple[Any, ...]] = []
         seqs: list[tuple[int, int]] = []
@@ -173,7 +178,8 @@ class Spool:
                     f"target {self.name!r}: spool full ({ledger.bytes} of {ledger.max_bytes} "
                     "bytes held, spool.max_bytes); the message was not spooled")
                 continue
-            seq = ledger.add(m.request_id, m.key, size, now, held=held)
+            seq = ledger.add(m.request_id, m.key, size, now, held=held,
+                             seq=None if first is None else first + index)
             if held and hold is not None:
                 hold(index, seq)
             rows.append((seq, m.request_id, topic, m.key, m.value, encode_headers(m.headers),
@@ -244,20 +250,25 @@ class Spool:
                     took = await self._drain_step(send, delivery_timeout)
                 if took:
                     continue
-                await asyncio.sleep(_DRAIN_BACKOFF)
+                # None: what waits is behind a call still sending; False: the brokers
+                # took nothing.
+                await asyncio.sleep(_BARRIER_WAIT if took is None else _DRAIN_BACKOFF)
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), _DRAIN_IDLE)
 
-    async def _drain_step(self, send: Send, delivery_timeout: float) -> bool:
+    async def _drain_step(self, send: Send, delivery_timeout: float) -> bool | None:
         """Send up to `DRAIN_CHUNK` of the oldest waiting messages and record what the
-        brokers acknowledged; False when they took none."""
+        brokers acknowledged; False when they took none, None when none could be sent."""
         ledger = self.ledger
         stored = await self.store.waiting(0, DRAIN_CHUNK)
-        # Rows a queued write already finished, or held since, are not sent.
-        batch = [m for m in stored if ledger.is_waiting(m.seq) and not ledger.is_held(m.seq)]
+        # Not sent: rows a queued write already finished, held ones, and those at or past
+        # the place of a call still sending (it may yet spool messages before them).
+        barrier = ledger.barrier()
+        batch = [m for m in stored if ledger.is_waiting(m.seq) and not ledger.is_held(m.seq)
+                 and (barrier is None or m.seq < barrier)]
         if not batch:
-            return False
+            return None
         loop = asyncio.get_running_loop()
         reports: list[asyncio.Future[Any]] = []
         for m in batch:
@@ -311,6 +322,18 @@ async def spool_call(
         await spool.put(topic, to_spool, outcomes, reason)
         return outcomes
     ledger = spool.ledger
+    first = ledger.reserve(count)
+    try:
+        return await _send_or_spool(up, spool, topic, items, count, time_left, first)
+    finally:
+        ledger.sent(first)
+
+
+async def _send_or_spool(
+    up: KafkaUpstream, spool: Spool, topic: str, items: list[OutgoingMessage | SidecarError],
+    count: int, time_left: float, first: int,
+) -> Outcomes:
+    ledger = spool.ledger
     marked = [BEHIND if isinstance(m, OutgoingMessage) and ledger.behind(m.key) else m
               for m in items]
     pending = await up.send(topic, marked, count, time_left, SPOOL_MARGIN)
@@ -339,7 +362,7 @@ async def spool_call(
         def hold(index: int, seq: int) -> None:
             late[index] = partial(spool.settle_held, seq, topic)
 
-        await spool.put(topic, to_spool, outcomes, reason, hold)
+        await spool.put(topic, to_spool, outcomes, reason, hold, first)
     return up.answered(pending)
 
 
