@@ -7,21 +7,31 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY sidecar ./sidecar
-# With the otlp extra, so telemetry.tracing.otlp_endpoint works in the image.
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[otlp]'
+# With the otlp extra, so telemetry.tracing.otlp_endpoint works in the image. Every
+# dependency at the version constraints.txt pins (scripts/lock.py writes it), so two
+# builds of one commit get the same libraries.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt '.[otlp]' \
+ && cp constraints.txt /wheels/
 
 # ---- stage 2: the runtime: installed wheels, no build tools, no sources -----
 # (the wheels are bind-mounted, so they never land in a layer: needs BuildKit)
 FROM python:3.11-slim
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="sidecar" \
+      org.opencontainers.image.description="A local daemon that makes an application's outbound gRPC, HTTP and Kafka calls for it" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.documentation="docs/container.md"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     PYTHONUNBUFFERED=1 \
     SIDECAR_CONFIG=/etc/sidecar/sidecar.yaml
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links /wheels 'sidecar[otlp]' \
+    pip install --no-cache-dir --no-index --find-links /wheels \
+        -c /wheels/constraints.txt 'sidecar[otlp]' \
  && groupadd --system --gid 10001 sidecar \
  && useradd --system --uid 10001 --gid sidecar --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin sidecar \
@@ -32,7 +42,9 @@ COPY config/sidecar.yaml /etc/sidecar/sidecar.yaml
 # beside its generated Python code (sidecar/v1/sidecar.proto in site-packages).
 COPY protos /usr/share/sidecar/protos
 
-USER sidecar:sidecar
+# Numeric, so Kubernetes' runAsNonRoot can check it without a runAsUser (the ids of
+# the sidecar user and group made above).
+USER 10001:10001
 # The sockets: share this volume with the application's container.
 VOLUME ["/run/sidecar"]
 # Admin endpoint (/healthz, /readyz, /status); the default config binds it to
