@@ -3,7 +3,9 @@
 The model in `config.py` asks a `Section` for each key; a wrong value is
 recorded (`targets.billing.pool.max_connections: must be >= 1`) and a default
 stands in, so one pass reports all problems at once. Values that came from
-`${VAR}` are never echoed in a message: they may be secrets.
+`${VAR}` are never echoed in a message: they may be secrets (a message names the
+variable instead). Such a value is text; a number, boolean, duration or size key
+parses it as its own type, and a value used that way is not counted as a secret.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(us|ms|s|m|h)$")
@@ -21,6 +23,11 @@ _SIZE_UNITS = {
     None: 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
     "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
 }
+_INTEGER = re.compile(r"[+-]?\d+")
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+# As the YAML 1.2 loader reads an unquoted boolean (config_loader._Yaml12Loader).
+_BOOLEANS = {"true": True, "True": True, "TRUE": True,
+             "false": False, "False": False, "FALSE": False}
 _ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -31,7 +38,16 @@ class Problems:
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.secret_paths: set[str] = set()
-        self.secret_values: set[str] = set()
+        self.env_names: dict[str, list[str]] = {}  # key path -> the variables it holds
+        self.env_values: dict[str, set[str]] = {}  # key path -> the values they gave
+        self.typed_paths: set[str] = set()  # read as a number, boolean, duration or size
+
+    @property
+    def secret_values(self) -> set[str]:
+        """Every substituted value, except those a typed key read (a number is no secret,
+        and blanking `7` from every library line would garble them)."""
+        return {value for path, values in self.env_values.items()
+                if path not in self.typed_paths for value in values}
 
     def add(self, path: str, reason: str) -> None:
         self.lines.append(f"{path}: {reason}" if path else reason)
@@ -39,7 +55,9 @@ class Problems:
     def show(self, path: str, value: Any) -> str:
         """A value as it may appear in a message: never one from the environment."""
         if path in self.secret_paths:
-            return "(value from the environment)"
+            names = ", ".join(f"${{{n}}}" for n in self.env_names.get(path, ()))
+            return f"(value of {names} from the environment)" if names \
+                else "(value from the environment)"
         text = repr(value)
         return text if len(text) <= 60 else text[:57] + "..."
 
@@ -58,9 +76,10 @@ def substitute_env(raw: Any, path: str, problems: Problems, env: Mapping[str, st
             return "${"
         name, default = match.group(1), match.group(2)
         problems.secret_paths.add(path)
+        problems.env_names.setdefault(path, []).append(name)
         value = env.get(name, default)
         if value is not None:
-            problems.secret_values.add(value)
+            problems.env_values.setdefault(path, set()).add(value)
             return value
         problems.add(path, f"environment variable {name} is not set")
         return ""
@@ -71,6 +90,14 @@ def substitute_env(raw: Any, path: str, problems: Problems, env: Mapping[str, st
 def glob_pattern(glob: str) -> re.Pattern[str]:
     """A compiled, case-sensitive, whole-string pattern for a shell-style glob."""
     return re.compile(fnmatch.translate(glob))
+
+
+def _integer(text: str) -> int | None:
+    return int(text) if _INTEGER.fullmatch(text) else None
+
+
+def _number(text: str) -> float | None:
+    return float(text) if _NUMBER.fullmatch(text) else None
 
 
 def _join(path: str, key: str) -> str:
@@ -108,6 +135,19 @@ class Section:
     def fail(self, key: str, reason: str) -> None:
         self.problems.add(self.key_path(key), reason)
 
+    def _typed(self, key: str, parse: Callable[[str], Any]) -> Any:
+        """The value of `key`; when `${VAR}` gave it, as `parse` reads that text (None:
+        not of the type), so a typed key takes a variable as YAML would the literal."""
+        value = self.raw.get(key)
+        path = self.key_path(key)
+        if not isinstance(value, str) or path not in self.problems.env_names:
+            return value
+        parsed = parse(value.strip())
+        if parsed is None:
+            return value
+        self.problems.typed_paths.add(path)
+        return parsed
+
     def _wrong(self, key: str, expected: str) -> None:
         shown = self.problems.show(self.key_path(key), self.raw[key])
         self.fail(key, f"must be {expected}, got {shown}")
@@ -144,7 +184,7 @@ class Section:
         return value
 
     def boolean(self, key: str, default: bool) -> bool:
-        value = self.raw.get(key)
+        value = self._typed(key, _BOOLEANS.get)
         if value is None:
             return default
         if not isinstance(value, bool):
@@ -153,7 +193,7 @@ class Section:
         return value
 
     def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
-        value = self.raw.get(key)
+        value = self._typed(key, _integer)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
@@ -167,7 +207,7 @@ class Section:
     def number(
         self, key: str, default: float, *, minimum: float = 0.0, maximum: float | None = None
     ) -> float:
-        value = self.raw.get(key)
+        value = self._typed(key, _number)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -184,7 +224,7 @@ class Section:
         return default if value is None else value
 
     def optional_duration(self, key: str, *, allow_zero: bool = False) -> float | None:
-        value = self.raw.get(key)
+        value = self._typed(key, lambda text: text if _DURATION.match(text) else None)
         if value is None:
             return None
         match = _DURATION.match(value) if isinstance(value, str) else None
@@ -198,7 +238,7 @@ class Section:
         return seconds
 
     def size(self, key: str, default: int) -> int:
-        value = self.raw.get(key)
+        value = self._typed(key, lambda text: text if _SIZE.match(text) else None)
         if value is None:
             return default
         text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
