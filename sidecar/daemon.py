@@ -28,7 +28,8 @@ from sidecar.runtime import Runtime
 from sidecar.services.health import HealthReporter
 from sidecar.systemd import Notifier
 from sidecar.telemetry.hub import Telemetry
-from sidecar.telemetry.logging import set_level
+from sidecar.telemetry.logging import current_level, set_level
+from sidecar.telemetry.redaction import redacted_config
 
 if TYPE_CHECKING:  # aiohttp is loaded only when admin.address is set
     from sidecar.telemetry.admin import AdminServer
@@ -56,6 +57,7 @@ class Daemon:
         self.ready = False
         self._stop = asyncio.Event()
         self._force = asyncio.Event()  # a second stop signal: end the drain now
+        self._stopping = "stopping (stop signal)"  # /readyz's reason once `_stop` is set
         self._reload = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         # Runtimes replaced by a reload, still finishing their calls and flushing.
@@ -90,7 +92,9 @@ class Daemon:
             from sidecar.telemetry.admin import AdminServer
 
             self.admin = AdminServer(self.config.admin, self.readiness, self.status,
-                                     self.telemetry.metrics.render)
+                                     self.telemetry.metrics.render,
+                                     config=lambda: redacted_config(self.config),
+                                     log_level=self.set_log_level, drain=self.drain)
             await self.admin.start()
         self.health.refresh()
         self._spawn(self._refresh_health())
@@ -180,7 +184,10 @@ class Daemon:
         log.info("stopped", extra={"fields": {"forced": self._force.is_set()}})
 
     def readiness(self) -> tuple[bool, list[str]]:
-        """Ready when listeners are bound and every required target is healthy."""
+        """Ready when listeners are bound and every required target is healthy; not from
+        the moment a stop (signal or `POST /drain`) is asked for."""
+        if self._stop.is_set():
+            return False, [self._stopping]
         if not self.ready:
             return False, ["listeners not serving"]
         health = self.runtime.target_health()
@@ -190,6 +197,24 @@ class Daemon:
             if target.required and not health.get(name, False)
         ]
         return not reasons, reasons
+
+    def drain(self) -> None:
+        """`POST /drain`: fail readiness now, then stop as SIGTERM does (a repeat is no
+        second signal: it never cuts the drain short)."""
+        if self._stop.is_set():
+            return
+        self._stopping = "draining (POST /drain)"
+        log.info("drain requested", extra={"fields": {"via": "admin"}})
+        self._stop.set()
+
+    def set_log_level(self, level: str) -> str:
+        """`POST /log_level`: the daemon's level until the next reload; the previous one."""
+        previous = current_level()
+        set_level(level)
+        self.telemetry.access.configure(self.config.log.access)
+        log.warning("log level changed", extra={"fields": {"level": level,
+                                                           "previous": previous}})
+        return previous
 
     def status(self) -> dict[str, Any]:
         listeners: list[dict[str, Any]] = []

@@ -1,35 +1,51 @@
-"""Admin HTTP endpoint: /healthz, /readyz, /metrics, /status (aiohttp, TCP or Unix socket)."""
+"""Admin HTTP endpoint (aiohttp, TCP or Unix socket): /healthz, /readyz, /metrics, /status,
+/config (redacted), POST /log_level and POST /drain, and /live, /ready as Envoy and
+Linkerd name the probes. It changes the running daemon: never expose it beyond the
+pod or host."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from sidecar.config import Admin
+from sidecar.config import LOG_LEVELS, Admin
 from sidecar.errors import ListenerError
+
+log = logging.getLogger("sidecar.admin")
 
 
 class AdminServer:
     """Serves the daemon's state; `state()` is read per request."""
 
     def __init__(self, admin: Admin, ready: Callable[[], tuple[bool, list[str]]],
-                 status: Callable[[], dict[str, Any]], metrics: Callable[[], bytes]) -> None:
+                 status: Callable[[], dict[str, Any]], metrics: Callable[[], bytes], *,
+                 config: Callable[[], dict[str, Any]], log_level: Callable[[str], str],
+                 drain: Callable[[], None]) -> None:
         self._admin = admin
         self._ready = ready
         self._status = status
         self._metrics = metrics
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
+        self._config = config
+        self._log_level = log_level
+        self._drain = drain
+        app = web.Application(middlewares=[_log_request])
+        for path in ("/healthz", "/live"):
+            app.router.add_get(path, self._healthz)
+        for path in ("/readyz", "/ready"):
+            app.router.add_get(path, self._readyz)
         app.router.add_get("/status", self._status_json)
         app.router.add_get("/metrics", self._metrics_text)
+        app.router.add_get("/config", self._config_json)
+        app.router.add_post("/log_level", self._set_log_level)
+        app.router.add_post("/drain", self._start_drain)
         self._runner = web.AppRunner(app, access_log=None)
 
     async def start(self) -> None:
@@ -73,3 +89,34 @@ class AdminServer:
     async def _status_json(self, request: web.Request) -> web.Response:
         body = orjson.dumps(self._status(), option=orjson.OPT_INDENT_2)
         return web.Response(body=body, content_type="application/json")
+
+    async def _config_json(self, request: web.Request) -> web.Response:
+        body = orjson.dumps(self._config(), option=orjson.OPT_INDENT_2)
+        return web.Response(body=body, content_type="application/json")
+
+    async def _set_log_level(self, request: web.Request) -> web.Response:
+        level = request.query.get("level", "").lower()
+        if level not in LOG_LEVELS:
+            return _json({"error": f"level must be one of {', '.join(LOG_LEVELS)}"}, 400)
+        previous = self._log_level(level)
+        return _json({"level": level, "previous": previous}, 200)
+
+    async def _start_drain(self, request: web.Request) -> web.Response:
+        self._drain()
+        return _json({"draining": True}, 202)
+
+
+@web.middleware
+async def _log_request(request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                       ) -> web.StreamResponse:
+    """A debug line per admin request (`POST /log_level?level=debug` shows them)."""
+    response = await handler(request)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("admin request", extra={"fields": {
+            "method": request.method, "path": request.path, "http_status": response.status}})
+    return response
+
+
+def _json(data: dict[str, Any], status: int) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")

@@ -60,6 +60,13 @@ def set_level(level: str) -> None:
     logging.getLogger(LOGGER).setLevel(_LEVELS[level])
 
 
+def current_level() -> str:
+    """The daemon's log level by its config name (`info`)."""
+    level = logging.getLogger(LOGGER).getEffectiveLevel()
+    return next((name for name, value in _LEVELS.items() if value == level),
+                logging.getLevelName(level).lower())
+
+
 class AccessLog:
     """Writes one line per call; a disabled log costs one branch."""
 
