@@ -179,6 +179,9 @@ def _retry(s: Section, base: Retry) -> Retry:
 def _retry_on(s: Section) -> list[str | int]:
     out: list[str | int] = []
     for path, item in s.items("on"):
+        if isinstance(item, str) and path in s.problems.env_names and item.strip().isdigit():
+            item = int(item)  # an HTTP status from `${VAR}`, read as YAML reads the number
+            s.problems.typed_paths.add(path)
         if isinstance(item, str) and item.upper() in GRPC_CODES and item.upper() != "OK":
             out.append(item.upper())
         elif isinstance(item, int) and not isinstance(item, bool) and 500 <= item <= 599:

@@ -118,3 +118,13 @@ def test_a_value_used_both_as_text_and_as_a_number_stays_a_secret() -> None:
     raw["targets"]["web"] = {"kind": "http", "base_url": "http://web",
                              "headers": {"X-Shard": "${N}"}}
     assert parse_config(raw, env={"N": "4242"}).secrets == {"4242"}
+
+
+def test_a_retry_on_item_takes_a_variable_as_an_http_status_or_a_code_name() -> None:
+    config = parse_config(base_config(defaults={"retry": {"on": ["${STATUS}", "${CODE}"]}}),
+                          env={"STATUS": "503", "CODE": "UNAVAILABLE"})
+    assert config.defaults.retry.on == (503, "UNAVAILABLE")
+    problems = problems_of(base_config(defaults={"retry": {"on": ["${STATUS}"]}}),
+                           env={"STATUS": "404"})
+    assert problems == ["defaults.retry.on[0]: must be a gRPC status code name or an HTTP "
+                        "5xx status"]
