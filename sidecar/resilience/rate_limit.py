@@ -79,16 +79,7 @@ class RateLimiter:
                 if now >= self._sweep_at or len(self._buckets) >= self._max:
                     self._sweep(now)
                 bucket = self._buckets[key] = TokenBucket(self._rate, self._burst, now)
-        # TokenBucket.acquire, inlined: this runs once per call on a limited listener.
-        elapsed = now - bucket._last
-        if elapsed > 0:
-            tokens = bucket._tokens + elapsed * self._rate
-            bucket._tokens = tokens if tokens < self._burst else self._burst
-            bucket._last = now
-        if bucket._tokens >= 1.0:
-            bucket._tokens -= 1.0
-            return 0.0
-        return (1.0 - bucket._tokens) / self._rate
+        return bucket.acquire(now)
 
     def __len__(self) -> int:
         """Caller buckets held now."""

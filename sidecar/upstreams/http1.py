@@ -23,6 +23,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import re
 import socket
 import ssl
 from collections import deque
@@ -33,7 +34,7 @@ from urllib.parse import unquote, urlsplit
 import httptools
 
 MAX_HEAD = 64 * 1024  # bytes of a response's status line and headers
-_UNSAFE_VALUE = ("\r", "\n", "\x00")
+_UNSAFE = re.compile("[\r\n\x00]")  # would end a header line early, or worse
 _NO_BODY_STATUSES = frozenset({204, 304})  # RFC 9110 6.4.1: no body whatever the headers say
 
 
@@ -135,7 +136,7 @@ class Http1Pool:
         lines = [f"{method} {self.origin.prefix}{target} HTTP/1.1\r\n"
                  f"Host: {self.origin.authority}\r\n"]
         for name, value in headers:
-            if any(c in value for c in _UNSAFE_VALUE) or any(c in name for c in _UNSAFE_VALUE):
+            if _UNSAFE.search(value) or _UNSAFE.search(name):
                 raise HttpClientError(f"header {name[:40]!r} holds CR, LF or NUL", sent=False)
             lines.append(f"{name}: {value}\r\n")
         if self.origin.basic_auth is not None and not any(
