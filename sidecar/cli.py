@@ -191,6 +191,22 @@ def _fail_rpc(e: grpc.RpcError, socket_path: str, code: int = 1,
     _fail(f"{status.name}: {text} (daemon at unix:{socket_path})", code)
 
 
+def _unary(socket_path: str, timeout: float, stub: str, method: str, request: Any) -> Any:
+    """One sidecar.v1 call to the daemon (`stub` names the generated stub class), or
+    exit with one line saying why it could not be made or what the daemon answered."""
+    import grpc
+
+    from sidecar.v1 import sidecar_pb2_grpc
+
+    _reach_daemon(socket_path, timeout)
+    with _channel(socket_path) as channel:
+        call = getattr(getattr(sidecar_pb2_grpc, stub)(channel), method)
+        try:
+            return call(request, timeout=timeout)
+        except grpc.RpcError as e:
+            _fail_rpc(e, socket_path)
+
+
 # ---- client commands -------------------------------------------------------------
 
 
@@ -316,18 +332,12 @@ def _headers(values: tuple[str, ...]) -> list[Any]:
 def http(socket_path: str, target: str, method: str, path: str, headers: tuple[str, ...],
          data: str, timeout: float) -> None:
     """One HTTP call through the daemon; prints status, headers, body."""
-    import grpc
 
-    from sidecar.v1 import sidecar_pb2, sidecar_pb2_grpc
+    from sidecar.v1 import sidecar_pb2
 
     request = sidecar_pb2.HttpRequest(target=target, method=method.upper(), path=path,
                                       headers=_headers(headers), body=data.encode())
-    _reach_daemon(socket_path, timeout)
-    with _channel(socket_path) as channel:
-        try:
-            reply = sidecar_pb2_grpc.HttpProxyStub(channel).Call(request, timeout=timeout)
-        except grpc.RpcError as e:
-            _fail_rpc(e, socket_path)
+    reply = _unary(socket_path, timeout, "HttpProxyStub", "Call", request)
     click.echo(f"HTTP {reply.status}")
     for h in reply.headers:
         click.echo(f"{h.name}: {h.value}")
@@ -347,20 +357,14 @@ def publish(socket_path: str, target: str, topic: str, key: str | None, value: s
             headers: tuple[str, ...], timeout: float) -> None:
     """One Kafka publish through the daemon; prints partition, offset, request id and
     whether it was spooled (then partition and offset are -1: ask publish-status)."""
-    import grpc
 
-    from sidecar.v1 import sidecar_pb2, sidecar_pb2_grpc
+    from sidecar.v1 import sidecar_pb2
 
     request = sidecar_pb2.PublishRequest(
         target=target, topic=topic, key=(key or "").encode(), value=value.encode(),
         headers=_headers(headers),
     )
-    _reach_daemon(socket_path, timeout)
-    with _channel(socket_path) as channel:
-        try:
-            reply = sidecar_pb2_grpc.PublisherStub(channel).Publish(request, timeout=timeout)
-        except grpc.RpcError as e:
-            _fail_rpc(e, socket_path)
+    reply = _unary(socket_path, timeout, "PublisherStub", "Publish", request)
     click.echo(f"topic={reply.topic} partition={reply.partition} offset={reply.offset} "
                f"request_id={reply.request_id} spooled={'true' if reply.spooled else 'false'}")
 
@@ -372,17 +376,11 @@ def publish(socket_path: str, target: str, topic: str, key: str | None, value: s
 @click.option("--timeout", default=10.0, show_default=True)
 def publish_status(socket_path: str, target: str, request_id: str, timeout: float) -> None:
     """What became of a published message, by its request id (kept for spooled ones)."""
-    import grpc
 
-    from sidecar.v1 import sidecar_pb2, sidecar_pb2_grpc
+    from sidecar.v1 import sidecar_pb2
 
     request = sidecar_pb2.PublishStatusRequest(target=target, request_id=request_id)
-    _reach_daemon(socket_path, timeout)
-    with _channel(socket_path) as channel:
-        try:
-            reply = sidecar_pb2_grpc.PublisherStub(channel).Status(request, timeout=timeout)
-        except grpc.RpcError as e:
-            _fail_rpc(e, socket_path)
+    reply = _unary(socket_path, timeout, "PublisherStub", "Status", request)
     state = sidecar_pb2.PublishStatusResponse.State.Name(reply.state)
     if reply.state == sidecar_pb2.PublishStatusResponse.DELIVERED:
         click.echo(f"state={state} topic={reply.topic} partition={reply.partition} "
