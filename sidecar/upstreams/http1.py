@@ -281,6 +281,10 @@ class Http1Pool:
                 waiter.set_result(None)
 
 
+def _head_too_large() -> HttpClientError:
+    return HttpClientError(f"response head over {MAX_HEAD} bytes", sent=True)
+
+
 class _Stale(Exception):
     """A reused connection was closed by the server before any byte of the answer."""
 
@@ -307,6 +311,7 @@ class _Connection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._size = 0
+        self._head_size = 0  # bytes of header names and values so far
         self._error: BaseException | None = None
 
     # -- the exchange ---------------------------------------------------------------------
@@ -325,7 +330,7 @@ class _Connection(asyncio.Protocol):
         self._limit = limit
         self._head_only = head_only
         self._head_done = self._informational = self._chunked = False
-        self._status = self._size = 0
+        self._status = self._size = self._head_size = 0
         self._length = None
         self._headers = []
         self._body = []
@@ -387,15 +392,19 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self._received += len(data)
-        if not self._head_done and self._received > MAX_HEAD:
-            self._fail(HttpClientError(f"response head over {MAX_HEAD} bytes", sent=True))
-            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError:
             self._fail(self._error or HttpClientError("malformed response", sent=True))
+            return
         except httptools.HttpParserError as e:
             self._fail(HttpClientError(f"malformed response ({e})", sent=True))
+            return
+        # One read may carry a short head and a long body: the head's own bound is kept
+        # header by header (on_header); this one stops a head that never ends, after
+        # the read that took it past the bound.
+        if not self._head_done and self._received > MAX_HEAD and self._future is not None:
+            self._fail(_head_too_large())
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is None:
@@ -416,6 +425,10 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._head_done:
             return  # trailers of a chunked body: dropped, as before
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD:
+            self._error = _head_too_large()
+            raise self._error
         self._headers.append((name, value))
         if len(name) == 14 and name.lower() == b"content-length":
             self._length = int(value)
