@@ -294,6 +294,24 @@ def wait_serving(socket_path: str, timeout: float = 15.0,
     eventually(serving, timeout=timeout)
 
 
+def wait_accepting(address: str, timeout: float = 15.0,
+                   process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll `host:port` or `unix:PATH` until it accepts a connection, with a deadline."""
+
+    def accepting() -> None:
+        if process is not None and process.poll() is not None:
+            raise GiveUp(f"daemon exited with {process.returncode} before accepting")
+        if address.startswith("unix:"):
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(0.5)
+                sock.connect(address[5:])
+            return
+        host, port = address.rsplit(":", 1)
+        socket.create_connection((host.strip("[]"), int(port)), timeout=0.5).close()
+
+    eventually(accepting, timeout=timeout)
+
+
 def write_config(path: Path, config: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(config))
 
@@ -329,6 +347,8 @@ def daemon_factory(short_dir: Path) -> Iterator[Callable[..., Daemon]]:
         if wait:
             try:
                 wait_serving(d.socket, process=process)
+                if admin:  # the admin endpoint starts after the listeners
+                    wait_accepting(admin, process=process)
             except Exception:
                 d.stop()
                 print(log_path.read_text())

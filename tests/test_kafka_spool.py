@@ -330,7 +330,7 @@ def test_a_key_keeps_its_order_when_messages_queue_behind_spooled_ones(
         assert all(publish(b"k", i).spooled for i in range(200))
         broker.start()
         try:
-            broker.create_topic(topic, partitions=1)
+            broker.create_topic(topic, partitions=1, exist_ok=True)
             d.wait_log("kafka brokers reachable")
             later = [publish(b"k", i) for i in range(200, 260)]
             other = publish(b"other", 0)

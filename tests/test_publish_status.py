@@ -100,7 +100,7 @@ def test_batch_messages_carry_their_own_request_ids_and_are_spooled_one_by_one(
 
     down.start()
     try:
-        down.create_topic("t-batch")
+        down.create_topic("t-batch", exist_ok=True)
         d.wait_log("kafka spool drained", timeout=30)
         read = down.read_all("t-batch")
     finally:
@@ -144,7 +144,7 @@ def test_the_cli_prints_the_request_id_and_spooled_and_publish_status_follows_it
 
     down.start()
     try:
-        down.create_topic("t-cli")
+        down.create_topic("t-cli", exist_ok=True)
         d.wait_log("kafka spool drained", timeout=30)
         [message] = down.read_all("t-cli")
     finally:
@@ -223,7 +223,7 @@ def test_a_reload_keeps_the_spool_and_its_statuses(
     assert after.spooled
     down.start()
     try:
-        down.create_topic("t-reload")
+        down.create_topic("t-reload", exist_ok=True)
         d.wait_log("kafka spool drained", timeout=30)
         read = down.read_all("t-reload")
     finally:
