@@ -122,6 +122,16 @@ def check_config(config_path: str) -> None:
                f"{len(config.targets)} targets)")
 
 
+@main.command("config-schema")
+def config_schema() -> None:
+    """Print the config's JSON Schema (draft 2020-12), for editors and CI."""
+    import orjson
+
+    from sidecar.config_schema import config_schema as build
+
+    click.echo(orjson.dumps(build(), option=orjson.OPT_INDENT_2).decode())
+
+
 # ---- reaching the daemon ---------------------------------------------------------
 
 
