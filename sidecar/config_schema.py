@@ -279,9 +279,11 @@ def _object(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
         if described is None:
             raise LookupError(f"{cls.__name__}.{f.name}: no description in config_schema")
         key, schema = _field(cls, f.name, hints[f.name], defs)
-        properties[key] = {**schema, "description": _DESCRIPTIONS[described]}
         if _declared(cls, f.name, _REQUIRED):
             required.append(key)
+        else:  # the loader reads null as the key left out (`timeout:` with no value)
+            schema = _nullable(schema)
+        properties[key] = {**schema, "description": _DESCRIPTIONS[described]}
     out: dict[str, Any] = {"type": "object", "properties": properties,
                            "additionalProperties": False}
     if required:
@@ -309,6 +311,10 @@ def _typed(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(schema.get("type"), str):
+        return {**schema, "type": [schema["type"], "null"]}
+    if isinstance(schema.get("type"), list):
+        return {**schema, "type": [*schema["type"], "null"]}
     return {"anyOf": [*schema.get("anyOf", [schema]), {"type": "null"}]}
 
 
@@ -316,12 +322,13 @@ def _field(cls: type, name: str, hint: Any, defs: dict[str, Any]) -> tuple[str, 
     """The file's key for a model field and its schema."""
     if cls is model.Config and name == "admin":
         address = {"anyOf": [{"type": "string", "pattern": r"^(unix:/.*|.+:\d+)$"},
-                             {"$ref": "#/$defs/env"}, {"type": "null"}]}
-        return name, {"type": ["object", "null"], "additionalProperties": False, "properties": {
-            "address": {**address, "description": _DESCRIPTIONS[(model.Admin, "address")]}}}
+                             {"$ref": "#/$defs/env"}]}
+        return name, {"type": "object", "additionalProperties": False, "properties": {
+            "address": {**_nullable(address),
+                        "description": _DESCRIPTIONS[(model.Admin, "address")]}}}
     if cls is model.Config and name == "targets":
         union = {"oneOf": [_ref(kind, defs) for kind in _TARGET_KINDS]}
-        return name, {"type": ["object", "null"], "additionalProperties": union}
+        return name, {"type": "object", "additionalProperties": union}
     if cls is model.Listener and name == "mode":
         return name, _typed({"type": "string", "pattern": r"^0?[0-7]{3}$"})
     if cls is model.RateLimit and name == "rate":
@@ -331,12 +338,10 @@ def _field(cls: type, name: str, hint: Any, defs: dict[str, Any]) -> tuple[str, 
         item = {"anyOf": [{"enum": [*codes, *(c.lower() for c in codes)]},
                           {"type": "integer", "minimum": 500, "maximum": 599},
                           {"$ref": "#/$defs/env"}]}
-        return name, {"type": ["array", "null"], "items": item}
-    optional = get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
-    if optional:
+        return name, {"type": "array", "items": item}
+    if get_origin(hint) in (Union, types.UnionType):  # `X | None`: null is the key left out
         (hint,) = (a for a in get_args(hint) if a is not type(None))
-    schema = _value(cls, name, hint, defs)
-    return name, _nullable(schema) if optional else schema
+    return name, _value(cls, name, hint, defs)
 
 
 def _value(cls: type, name: str, hint: Any, defs: dict[str, Any]) -> dict[str, Any]:

@@ -259,13 +259,16 @@ def cases(prop: dict[str, Any]) -> tuple[list[Any], list[Any]]:
         return [], ["zz", [1]]
     b = found[0]
     types = b.get("type")
+    if isinstance(types, list):  # null is tried apart, by whether the key is required
+        types = [t for t in types if t != "null"]
+        types = types[0] if len(types) == 1 else types
     if "enum" in b:
         return list(b["enum"]), ["zz", True, [1]]
     if types == "boolean":
         return [True, False], ["zz", 1, "yes"]
     if types in ("integer", "number"):
         return _bounds(b)
-    if types in ("array", ["array", "null"]):
+    if types == "array":
         return [], ["zz", {"a": 1}, [True]]
     if types == "object" or "additionalProperties" in b:
         return [], ["zz", [1], {"a": True}]
@@ -275,17 +278,21 @@ def cases(prop: dict[str, Any]) -> tuple[list[Any], list[Any]]:
     return ["text", 7], [True, [1], {"a": 1}]
 
 
-def keys(example: dict[str, Any]) -> Iterator[tuple[Path_, str, dict[str, Any]]]:
+def keys(example: dict[str, Any]) -> Iterator[tuple[Path_, str, dict[str, Any], bool | None]]:
+    """Each key with its schema, and whether null is wrong (required), right or neither
+    (one of two keys, or two together: null leaves one out)."""
     for path, obj in sections(example, SCHEMA):
         for key, prop in obj["properties"].items():
-            yield path, key, prop
+            paired = any(key in rule.get("required", ()) for rule in obj.get("oneOf", ())) \
+                or key in obj.get("dependentRequired", {})
+            yield path, key, prop, None if paired else key in obj.get("required", ())
 
 
 def test_both_refuse_a_wrong_value_of_every_key_at_its_path(example: dict[str, Any]) -> None:
     checked = 0
-    for path, key, prop in keys(example):
+    for path, key, prop, required in keys(example):
         key_path = dotted((*path, key))
-        for value in cases(prop)[1]:
+        for value in cases(prop)[1] + ([None] if required else []):
             raw = with_value(example, path, key, value)
             assert names(key_path, loader_problems(raw)), (
                 f"the loader took {key_path}: {value!r}")
@@ -297,14 +304,17 @@ def test_both_refuse_a_wrong_value_of_every_key_at_its_path(example: dict[str, A
 
 # Text keys the loader checks against other parts of the config or the file system.
 REFERENCES = {"default_target", "target", "ca_file", "cert_file", "key_file"}
+# Keys the rest of the example refers to: null (no targets) is valid, but not there.
+REFERRED = {"targets"}
 
 
 def test_both_take_every_value_of_each_keys_type(example: dict[str, Any]) -> None:
     checked = 0
-    for path, key, prop in keys(example):
+    for path, key, prop, required in keys(example):
         if key not in at(example, path) or key in REFERENCES:
             continue  # tried where the example gives the key, so other keys stay valid
-        for value in cases(prop)[0]:
+        null = [None] if required is False and dotted((*path, key)) not in REFERRED else []
+        for value in cases(prop)[0] + null:
             raw = with_value(example, path, key, value)
             key_path = dotted((*path, key))
             assert not loader_problems(raw), (key_path, value, loader_problems(raw))
@@ -317,7 +327,7 @@ def test_a_var_is_taken_for_every_typed_key(example: dict[str, Any]) -> None:
     """`${VAR}` for a number, boolean, duration, size or choice: the loader reads the
     variable as the key's type, and the schema takes the reference."""
     kinds: set[str] = set()
-    for path, key, prop in keys(example):
+    for path, key, prop, _ in keys(example):
         node = resolve(prop)
         if {"$ref": "#/$defs/env"} not in node.get("anyOf", ()) or key not in at(example, path):
             continue
