@@ -399,3 +399,15 @@ def test_schema_file_is_where_the_docs_say() -> None:
     doc = (ROOT / "docs" / "configuration.md").read_text()
     assert "config/sidecar.schema.json" in doc
     assert Path(SCHEMA_FILE).is_file()
+
+
+def test_a_draft_7_validator_checks_the_same(example: dict[str, Any]) -> None:
+    """yaml-language-server (VS Code's YAML extension) implements draft 7: read as draft 7,
+    the schema takes the same configs and refuses the same wrong values."""
+    draft7 = jsonschema.Draft7Validator(SCHEMA)
+    for name, raw in [*CONFIGS, ("the complete example", example)]:
+        assert not list(draft7.iter_errors(raw)), name
+    for path, key, prop, _ in keys(example):
+        for value in cases(prop)[1]:
+            raw = with_value(example, path, key, value)
+            assert list(draft7.iter_errors(raw)), (dotted((*path, key)), value)
