@@ -411,3 +411,11 @@ def test_a_draft_7_validator_checks_the_same(example: dict[str, Any]) -> None:
         for value in cases(prop)[1]:
             raw = with_value(example, path, key, value)
             assert list(draft7.iter_errors(raw)), (dotted((*path, key)), value)
+
+
+def test_every_key_has_a_description_and_every_section_refuses_unknown_keys() -> None:
+    objects = [SCHEMA, *SCHEMA["$defs"].values(), SCHEMA["properties"]["admin"]]
+    for obj in (o for o in objects if "properties" in o):
+        assert obj["additionalProperties"] is False, list(obj["properties"])
+        for key, prop in obj["properties"].items():
+            assert prop.get("description"), key
