@@ -23,5 +23,8 @@ def json_log(d: Daemon) -> list[dict[str, Any]]:
 
 
 def access_log(d: Daemon) -> list[dict[str, Any]]:
-    """The access-log records (one per call the daemon accepted)."""
-    return [r for r in json_log(d) if r.get("logger") == "sidecar.access"]
+    """The access-log records (one per call the daemon accepted), each with its
+    `attributes` beside `body`, `trace_id`, ... (as `Daemon.records()` has them);
+    every stderr line must still be JSON."""
+    json_log(d)
+    return d.access()

@@ -72,5 +72,7 @@ def test_grpcurl_makes_a_proxied_unary_call_with_a_proto_file(frames: Daemon,
     assert [s.method for s in upstream.seen] == ["Unary"]
     assert upstream.seen[0].metadata["correlation-id"] == "go-call-1"
     # The access line is written once the answer is out: wait for it, do not race it.
-    eventually(lambda: [(r["method"], r["status"]) for r in access_log(frames)
-                        if r["correlation_id"] == "go-call-1"] == [("/test.Echo/Unary", "OK")])
+    eventually(lambda: [(r["rpc.service"], r["rpc.method"], r["sidecar.status"])
+                        for r in access_log(frames)
+                        if r["sidecar.correlation_id"] == "go-call-1"]
+               == [("test.Echo", "Unary", "OK")])

@@ -292,5 +292,6 @@ def test_unimplemented_service(pb: Generated, interop_daemon: Daemon) -> None:
         with pytest.raises(grpc.RpcError) as caught:
             stub.UnimplementedCall(pb.empty.Empty(), timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert any(r["method"] == "/grpc.testing.UnimplementedService/UnimplementedCall"
-               and r["status"] == "UNIMPLEMENTED" for r in access_log(interop_daemon))
+    assert any(r["rpc.service"] == "grpc.testing.UnimplementedService"
+               and r["rpc.method"] == "UnimplementedCall"
+               and r["sidecar.status"] == "UNIMPLEMENTED" for r in access_log(interop_daemon))
