@@ -193,8 +193,8 @@ def test_rapid_reset_gets_goaway_and_leaves_other_connections_calls_alone(
         assert not upstream.cancelled.is_set()
         upstream.release.set()
         assert held.result(timeout=10) == b"held"
-    assert not any(r["status"] == "CANCELLED" and r["method"] == "/test.Echo/Hold"
-                   for r in access_log(frames))
+    assert not any(r["sidecar.status"] == "CANCELLED" and r["rpc.service"] == "test.Echo"
+                   and r["rpc.method"] == "Hold" for r in access_log(frames))
 
 
 def test_settings_flood_from_a_caller_that_never_reads_is_cut_off(frames: Daemon) -> None:
@@ -210,7 +210,7 @@ def test_settings_flood_from_a_caller_that_never_reads_is_cut_off(frames: Daemon
 
 # ---- logs -----------------------------------------------------------------------------
 
-FORGED = b'\n{"level":"error","logger":"sidecar.access","forged":true}\n'
+FORGED = b'\n{"severity_text":"ERROR","scope":"sidecar.access","forged":true}\n'
 
 
 def test_peer_text_is_escaped_in_the_daemons_json_logs(frames: Daemon,
@@ -219,7 +219,7 @@ def test_peer_text_is_escaped_in_the_daemons_json_logs(frames: Daemon,
     one escaped string of our own records."""
     caller = RawCaller(frames.socket)
     try:
-        method = b'/x.Y/Z","level":"error","forged":"true'
+        method = b'/x.Y/Z","severity_text":"ERROR","forged":"true'
         caller.send(caller.peer.headers(1, request(method), end_stream=True))
         caller.frames_until(lambda fs: any(f.stream_id == 1 and "END_STREAM" in f.flags
                                            for f in fs))
@@ -229,8 +229,10 @@ def test_peer_text_is_escaped_in_the_daemons_json_logs(frames: Daemon,
         caller.close()
     frames.wait_log("x.Y")
     records = json_log(frames)
-    assert not any("forged" in r for r in records)
-    assert [r["method"] for r in access_log(frames)] == [method.decode()]
+    assert not any("forged" in r or "forged" in r.get("attributes", {}) for r in records)
+    service, _, name = method.decode().lstrip("/").rpartition("/")
+    assert [(r["rpc.service"], r["rpc.method"]) for r in access_log(frames)] == [
+        (service, name)]
 
 
 # ---- drain ----------------------------------------------------------------------------
@@ -259,8 +261,8 @@ def test_sigterm_during_100_calls_cancels_none_and_logs_every_accepted_stream(
             ch.close()
     assert d.wait(timeout=20) == 0
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
-    logged = {r["correlation_id"]: r["status"] for r in access_log(d)
-              if r["method"] == "/test.Echo/Slow"}
+    logged = {r["sidecar.correlation_id"]: r["sidecar.status"] for r in access_log(d)
+              if (r["rpc.service"], r["rpc.method"]) == ("test.Echo", "Slow")}
     for i, code in enumerate(codes):
         if code is grpc.StatusCode.OK:
             assert logged.get(f"drain-{i}") == "OK"
@@ -293,7 +295,7 @@ def test_at_drain_timeout_the_rest_get_unavailable_and_connections_close(
     raw.close()
     assert goaways(got)
     assert d.wait(timeout=20) == 0
-    statuses = {r["correlation_id"]: r["status"] for r in access_log(d)}
+    statuses = {r["sidecar.correlation_id"]: r["sidecar.status"] for r in access_log(d)}
     assert statuses["held-1"] == "UNAVAILABLE"
     assert statuses["raw-1"] == "UNAVAILABLE"
 
@@ -308,7 +310,7 @@ def test_a_stream_reset_before_its_task_starts_is_logged(frames: Daemon) -> None
     finally:
         caller.close()
     record = frames.wait_log("reset-early")
-    assert '"status":"CANCELLED"' in record[0]
+    assert '"sidecar.status":"CANCELLED"' in record[0]
 
 
 # ---- limits.max_message ---------------------------------------------------------------
