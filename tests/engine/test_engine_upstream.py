@@ -144,7 +144,7 @@ def _get(admin: int, path: str) -> tuple[int, Any]:
 
 
 def _records(d: Daemon) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in d.log_lines() if line.startswith("{")]
+    return d.records()
 
 
 # ---- TLS --------------------------------------------------------------------------------
@@ -403,10 +403,11 @@ def test_a_target_down_at_start_is_one_warning_from_the_frames_pool(
     d = daemon_factory(config)
 
     def warnings(target: str) -> list[dict[str, Any]]:
-        return [r for r in _records(d) if r["level"] == "warning" and r.get("target") == target]
+        return [r for r in _records(d)
+                if r["severity_text"] == "WARN" and r.get("target") == target]
 
     [line] = eventually(lambda: warnings("down"))
-    assert (line["msg"], line["reason"]) == ("target unreachable", reason)
+    assert (line["body"], line["reason"]) == ("target unreachable", reason)
     assert down.split("//")[-1] not in d.log_path.read_text()
     assert warnings("up") == []
 
