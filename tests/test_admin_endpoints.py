@@ -106,7 +106,8 @@ def test_the_access_log_follows_a_level_set_through_the_admin_endpoint(
     d = daemon_factory(config)
 
     def logged(correlation_id: str) -> bool:
-        return any('"msg":"call"' in line and f'"correlation_id":"{correlation_id}"' in line
+        return any('"body":"call"' in line
+                   and f'"sidecar.correlation_id":"{correlation_id}"' in line
                    for line in d.log_lines())
 
     with d.channel() as ch:

@@ -29,15 +29,11 @@ from tests.http_upstream import run_http_upstream, stop_http_upstream
 
 
 def _records(d: Daemon) -> list[dict[str, Any]]:
-    out = []
-    for line in d.log_lines():
-        if line.startswith("{"):
-            out.append(orjson.loads(line))
-    return out
+    return d.records()
 
 
 def _warnings_for(d: Daemon, target: str) -> list[dict[str, Any]]:
-    return [r for r in _records(d) if r["level"] == "warning" and r.get("target") == target]
+    return [r for r in _records(d) if r["severity_text"] == "WARN" and r.get("target") == target]
 
 
 def _get(admin: int, path: str) -> tuple[int, Any]:
@@ -117,7 +113,7 @@ def test_a_grpc_target_down_at_start_is_one_warning_naming_it_and_the_reason(
     config["targets"]["down"] = {"kind": "grpc", "address": down}
     d = daemon_factory(config)
     [line] = eventually(lambda: _warnings_for(d, "down"))
-    assert (line["msg"], line["reason"]) == ("target unreachable", reason)
+    assert (line["body"], line["reason"]) == ("target unreachable", reason)
     assert down.split("//")[-1] not in d.log_path.read_text()
     assert _warnings_for(d, "up") == []  # a reachable target has nothing to say
 
@@ -142,7 +138,7 @@ def test_a_required_http_target_without_health_section_is_judged_by_its_connects
     assert _target(admin, "web")["healthy"] is False
     [line] = _warnings_for(d, "web")
     expected = "connection refused" if via == "tcp" else "no such file or directory"
-    assert (line["msg"], line["reason"]) == ("target unreachable", expected)
+    assert (line["body"], line["reason"]) == ("target unreachable", expected)
 
     with _serving(port, socket_path if via == "unix" else None):
         assert _http_call(d).status == 200  # a connect that succeeds: healthy again

@@ -184,8 +184,8 @@ def test_upstream_that_never_answers_is_deadline_exceeded_naming_the_target(
     assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert "'web'" in err.details() and "deadline" in err.details(), err.details()
     assert raw_http.requests == ["GET /silent HTTP/1.1"]  # it did reach the upstream
-    logged = d.wait_log('"status":"DEADLINE_EXCEEDED"')  # the status the caller got
-    assert len(logged) == 1 and '"target":"web"' in logged[0], logged
+    logged = d.wait_log('"sidecar.status":"DEADLINE_EXCEEDED"')  # the status the caller got
+    assert len(logged) == 1 and '"sidecar.target":"web"' in logged[0], logged
     # not retried into the caller's deadline, and the next call is served as usual
     assert call(d, "GET", "/sized/2").status == 200
     assert raw_http.requests == ["GET /silent HTTP/1.1", "GET /sized/2 HTTP/1.1"]

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-import orjson
 import pytest
 
 from tests.conftest import Daemon, Upstream, basic_config, eventually
@@ -324,10 +323,11 @@ def test_access_log_line_per_call(daemon: Daemon) -> None:
     with daemon.channel() as ch:
         ch.unary_unary("/test.Echo/Unary")(
             b"x", metadata=[("correlation-id", "trace-me-1")], timeout=5)
-    entry = orjson.loads(daemon.wait_log("trace-me-1")[0])
-    assert entry["msg"] == "call"
-    assert entry["listener"] == "app"
-    assert entry["method"] == "/test.Echo/Unary"
-    assert entry["target"] == "up"
-    assert entry["status"] == "OK"
-    assert entry["duration_ms"] >= 0
+    daemon.wait_log("trace-me-1")
+    [entry] = [r for r in daemon.access() if r["sidecar.correlation_id"] == "trace-me-1"]
+    assert entry["body"] == "call"
+    assert entry["sidecar.listener"] == "app"
+    assert (entry["rpc.service"], entry["rpc.method"]) == ("test.Echo", "Unary")
+    assert entry["sidecar.target"] == "up"
+    assert entry["sidecar.status"] == "OK"
+    assert entry["sidecar.duration_ms"] >= 0
