@@ -39,8 +39,9 @@ def test_every_line_is_json_with_level_and_message(daemon: Daemon) -> None:
         ch.unary_unary("/test.Echo/Unary")(b"x", timeout=5)
     daemon.stop()
     entries = [orjson.loads(line) for line in daemon.log_lines()]
-    assert {"started", "call", "stopping", "stopped"} <= {e["msg"] for e in entries}
-    assert all({"ts", "level", "msg"} <= e.keys() for e in entries)
+    assert {"started", "call", "stopping", "stopped"} <= {e["body"] for e in entries}
+    assert all({"timestamp", "severity_text", "severity_number", "body", "scope"} <= e.keys()
+               for e in entries)
 
 
 def test_warning_level_silences_access_lines(

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-import orjson
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -43,11 +42,12 @@ def test_a_request_that_is_not_the_message_is_internal_naming_the_method(
     assert http_upstream.received == []
 
     def logged() -> dict[str, object]:  # answered before any handler ran, logged all the same
-        [line] = [orjson.loads(x) for x in web_daemon.log_lines() if f'"method":"{CALL}"' in x]
+        [line] = [r for r in web_daemon.access()
+                  if "/" + r["rpc.service"] + "/" + r["rpc.method"] == CALL]
         return dict(line)
 
     line = eventually(logged)
-    assert line["status"] == "INTERNAL" and line["target"] is None
+    assert line["sidecar.status"] == "INTERNAL" and "sidecar.target" not in line
 
 
 def test_a_request_over_max_message_is_resource_exhausted_and_never_sent(
@@ -85,11 +85,11 @@ def test_a_cancelled_call_is_logged_cancelled(web_daemon: Daemon,
         future.cancel()
 
     def logged() -> dict[str, object]:
-        [line] = [orjson.loads(x) for x in web_daemon.log_lines()
-                  if '"method":"/sidecar.v1.HttpProxy/Call"' in x]
+        [line] = [r for r in web_daemon.access()
+                  if (r["rpc.service"], r["rpc.method"]) == ("sidecar.v1.HttpProxy", "Call")]
         return dict(line)
 
-    assert eventually(logged)["status"] == "CANCELLED"
+    assert eventually(logged)["sidecar.status"] == "CANCELLED"
 
 
 def test_health_check_is_native_and_watch_still_streams(web_daemon: Daemon) -> None:

@@ -167,10 +167,10 @@ def test_peer_uid_gid_pid_are_in_the_access_log_and_status_but_not_sent_upstream
     d = daemon_factory(config)
     [answer] = call_as(UID, GID, d.socket, [Call(UNARY, b"hi")])
     assert answer.code == "OK"
-    [line] = d.wait_log(f'"peer_uid":{UID}')
-    entry = orjson.loads(line)
-    assert (entry["peer_gid"], entry["status"]) == (GID, "OK")
-    assert isinstance(entry["peer_pid"], int) and entry["peer_pid"] > 0
+    d.wait_log(f'"sidecar.peer.uid":{UID}')
+    [entry] = [r for r in d.records() if r.get("sidecar.peer.uid") == UID]
+    assert (entry["sidecar.peer.gid"], entry["sidecar.status"]) == (GID, "OK")
+    assert isinstance(entry["sidecar.peer.pid"], int) and entry["sidecar.peer.pid"] > 0
     assert not {k for k in upstream.seen[0].metadata if "uid" in k or "caller" in k}
 
     with d.channel() as ch:  # a connection held open: /status lists it with its peer
