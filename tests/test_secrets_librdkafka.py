@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import orjson
 import pytest
 
 from sidecar._generated import sidecar_pb2, sidecar_pb2_grpc
@@ -20,13 +19,13 @@ __all__ = ["broker"]  # the fixture, imported for pytest
 
 
 def _records(d: Daemon) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in d.log_lines() if line.startswith("{")]
+    return d.records()
 
 
 def _kafka_lines(d: Daemon) -> list[str]:
     """librdkafka's own lines, as the daemon logged them."""
-    return [r["msg"] for r in _records(d) if r["logger"] == "sidecar.kafka"
-            and r["level"] == "debug" and "[sidecar-events#producer-" in r["msg"]]
+    return [r["body"] for r in _records(d) if r["scope"] == "sidecar.kafka"
+            and r["severity_text"] == "DEBUG" and "[sidecar-events#producer-" in r["body"]]
 
 
 def _kafka_config(short_dir: Path, **producer: Any) -> dict[str, Any]:
@@ -97,8 +96,8 @@ def test_http_and_grpc_values_from_env_stay_out_of_logs_caller_errors_and_status
         assert error.code() is grpc.StatusCode.UNAVAILABLE and "unreachable" in error.details()
         assert not [s for s in secrets if s in error.details()]
 
-    warned = eventually(lambda: {r["target"] for r in _records(d) if r["level"] == "warning"
-                                 and r["msg"] == "target unreachable"} >= {"web", "orders"})
+    warned = eventually(lambda: {r["target"] for r in _records(d) if r["severity_text"] == "WARN"
+                                 and r["body"] == "target unreachable"} >= {"web", "orders"})
     assert warned
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/status", timeout=5) as reply:
         status = reply.read().decode()
