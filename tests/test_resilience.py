@@ -89,7 +89,7 @@ def test_dead_target_opens_the_breaker_then_recovers(
         time.sleep(1.1)  # on purpose: let the breaker's 1 s reset pass (a sleep never ends early)
         assert stub(b"back", timeout=5) == b"back"
         assert stub(b"again", timeout=5) == b"again"
-    opened = [orjson.loads(ln) for ln in d.log_lines() if '"breaker' in ln]
+    opened = [r for r in d.records() if r["body"].startswith("breaker")]
     assert [e["to"] for e in opened] == ["open", "half-open", "closed"]
 
 
