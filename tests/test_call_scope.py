@@ -63,8 +63,8 @@ def service(caplog: pytest.LogCaptureFixture) -> tuple[ApiService, Runtime]:
 
 
 def _access(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    return [r.fields for r in caplog.records  # type: ignore[attr-defined]
-            if r.name.endswith(".access")]
+    return [{**r.fields, "sidecar.correlation_id": r.call[0]}  # type: ignore[attr-defined]
+            for r in caplog.records if r.name.endswith(".access")]
 
 
 async def test_a_fault_of_ours_inside_a_service_is_logged_internal_and_frees_its_slot(
@@ -80,7 +80,7 @@ async def test_a_fault_of_ours_inside_a_service_is_logged_internal_and_frees_its
     with pytest.raises(RuntimeError):
         await api.serve(Context(), METHOD, "web", "http", buggy)
     [line] = _access(caplog)
-    assert (line["status"], line["target"], line["correlation_id"]) == (
+    assert (line["sidecar.status"], line["sidecar.target"], line["sidecar.correlation_id"]) == (
         "INTERNAL", "web", "corr-1")
     assert runtime.policies["web"].counters.in_flight == 0 and runtime.in_flight == 0
 
@@ -96,7 +96,7 @@ async def test_the_daemons_own_error_is_the_callers_status_and_the_policys_last_
     with pytest.raises(Aborted) as aborted:
         await api.serve(Context(), METHOD, "web", "http", unreachable)
     assert aborted.value.code is StatusCode.UNAVAILABLE
-    assert _access(caplog)[0]["status"] == "UNAVAILABLE"
+    assert _access(caplog)[0]["sidecar.status"] == "UNAVAILABLE"
     counters = runtime.policies["web"].counters
     assert counters.last_error == "target 'web' unreachable: connection refused"
     assert counters.in_flight == 0 and runtime.in_flight == 0
@@ -115,6 +115,6 @@ async def test_a_target_outside_the_listeners_list_is_refused_before_its_policy(
     with pytest.raises(Aborted) as aborted:
         await api.serve(Context(), METHOD, "other", "http", run)
     assert aborted.value.code is StatusCode.PERMISSION_DENIED and not ran
-    assert _access(caplog)[0]["status"] == "PERMISSION_DENIED"
+    assert _access(caplog)[0]["sidecar.status"] == "PERMISSION_DENIED"
     assert runtime.policies["other"].counters.last_error is None
     assert runtime.in_flight == 0
