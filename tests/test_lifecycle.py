@@ -55,7 +55,7 @@ def test_live_socket_is_refused_with_a_clear_error(
     second = daemon_factory(basic_config(short_dir, upstream), wait=False)
     assert second.wait(15) == 1
     errors = [orjson.loads(line) for line in second.log_lines()]
-    assert any("in use" in e["msg"] and first.socket in e["msg"] for e in errors)
+    assert any("in use" in e["body"] and first.socket in e["body"] for e in errors)
     with first.channel() as ch:  # the running daemon is untouched
         assert ch.unary_unary("/test.Echo/Unary")(b"x", timeout=5) == b"x"
 
@@ -147,8 +147,8 @@ def test_sighup_with_invalid_config_keeps_running_config(
     daemon.signal(signal.SIGHUP)
     refused = [orjson.loads(ln) for ln in daemon.wait_log("reload refused")]
     assert len(refused) == 1
-    assert refused[0]["level"] == "error"
-    assert "targets.up.kind" in refused[0]["msg"]
+    assert refused[0]["severity_text"] == "ERROR"
+    assert "targets.up.kind" in refused[0]["body"]
     with daemon.channel() as ch:
         assert ch.unary_unary("/test.Echo/Unary")(b"still", timeout=5) == b"still"
 

@@ -33,11 +33,12 @@ __all__ = ["broker"]  # the fixture, imported for pytest
 def _entries(d: Daemon) -> list[dict[str, Any]]:
     """Every stderr line as JSON: a line that is not (a traceback, a library's own
     text) fails the test here."""
-    return [orjson.loads(line) for line in d.log_lines()]
+    records = [orjson.loads(line) for line in d.log_lines()]
+    return [{**r.pop("attributes", {}), **r} for r in records]
 
 
 def _logged(d: Daemon, msg: str) -> list[dict[str, Any]]:
-    return [e for e in _entries(d) if msg in e["msg"]]
+    return [e for e in _entries(d) if msg in e["body"]]
 
 
 def _health(socket_path: str, service: str = "") -> int:
@@ -87,7 +88,7 @@ def test_sighup_with_a_ca_file_that_is_not_pem_is_refused_and_the_old_config_ser
     write_config(d.config_path, config)
     d.signal(signal.SIGHUP)
     refused = eventually(lambda: _logged(d, "reload refused"))
-    assert "targets.billing.tls.ca_file" in refused[0]["msg"]
+    assert "targets.billing.tls.ca_file" in refused[0]["body"]
     assert d.process.poll() is None
     with d.channel() as ch:
         assert ch.unary_unary("/test.Echo/Unary")(b"x", timeout=5) == b"x"
@@ -106,9 +107,9 @@ def test_busy_admin_port_at_start_is_one_line_and_exit_1_leaving_no_socket(
     second["admin"] = {"address": f"127.0.0.1:{port}"}
     d = daemon_factory(second, wait=False)
     assert d.wait(30) == 1
-    errors = [e for e in _entries(d) if e["level"] == "error"]
+    errors = [e for e in _entries(d) if e["severity_text"] == "ERROR"]
     assert len(errors) == 1
-    assert "admin.address" in errors[0]["msg"] and f"127.0.0.1:{port}" in errors[0]["msg"]
+    assert "admin.address" in errors[0]["body"] and f"127.0.0.1:{port}" in errors[0]["body"]
     assert not os.path.exists(short_dir / "b.sock")
 
 
@@ -121,8 +122,8 @@ def test_failure_after_listeners_started_at_start_removes_their_sockets(
     config["listeners"].append({"name": "b", "socket": str(not_a_socket)})
     d = daemon_factory(config, wait=False)
     assert d.wait(30) == 1
-    (error,) = [e for e in _entries(d) if e["level"] == "error"]
-    assert "listeners[1].socket" in error["msg"] and "not a socket" in error["msg"]
+    (error,) = [e for e in _entries(d) if e["severity_text"] == "ERROR"]
+    assert "listeners[1].socket" in error["body"] and "not a socket" in error["body"]
     assert not os.path.exists(short_dir / "app.sock")  # the first listener's, cleaned up
     assert not_a_socket.read_text() == "x"
 
@@ -222,7 +223,7 @@ def test_configmap_symlink_swap_reloads_and_an_invalid_swap_is_refused(
         config["targets"]["up"]["kind"] = "nonsense"
         _configmap(mount, "2026_12_01_c", config)
         refused = eventually(lambda: _logged(d, "reload refused"))
-        assert "targets.up.kind" in refused[0]["msg"]
+        assert "targets.up.kind" in refused[0]["body"]
         with d.channel() as ch:
             assert ch.unary_unary("/test.Echo/Unary")(b"x", timeout=5) == b"x"
         assert second.calls("Unary") == 2
@@ -295,9 +296,9 @@ def test_a_socket_folder_that_cannot_be_made_names_the_key_and_what_to_change(
     config = basic_config(short_dir, upstream, socket=str(blocker / "app.sock"))
     d = daemon_factory(config, wait=False)
     assert d.wait(30) == 1
-    (error,) = [e for e in _entries(d) if e["level"] == "error"]
-    assert error["msg"].startswith("startup failed: listeners[0].socket: cannot create folder")
-    assert "set it to a path" in error["msg"]
+    (error,) = [e for e in _entries(d) if e["severity_text"] == "ERROR"]
+    assert error["body"].startswith("startup failed: listeners[0].socket: cannot create folder")
+    assert "set it to a path" in error["body"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
@@ -342,9 +343,9 @@ def test_a_socket_folder_this_user_may_not_write_is_named_with_a_hint(
                           capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
     assert done.returncode == 1
     entries = [orjson.loads(line) for line in done.stderr.splitlines()]
-    (error,) = [e for e in entries if e["level"] == "error"]
-    assert error["msg"].startswith("startup failed: listeners[0].socket: cannot create")
-    assert "not writable" in error["msg"] and "RuntimeDirectory" in error["msg"]
+    (error,) = [e for e in entries if e["severity_text"] == "ERROR"]
+    assert error["body"].startswith("startup failed: listeners[0].socket: cannot create")
+    assert "not writable" in error["body"] and "RuntimeDirectory" in error["body"]
 
 
 def test_socket_in_use_names_the_key(
@@ -358,5 +359,5 @@ def test_socket_in_use_names_the_key(
         assert d.wait(30) == 1
     finally:
         held.close()
-    (error,) = [e for e in _entries(d) if e["level"] == "error"]
-    assert "listeners[0].socket" in error["msg"] and "in use" in error["msg"]
+    (error,) = [e for e in _entries(d) if e["severity_text"] == "ERROR"]
+    assert "listeners[0].socket" in error["body"] and "in use" in error["body"]
