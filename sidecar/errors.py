@@ -9,14 +9,18 @@ SidecarError                      any failure the daemon reports to a caller
 ├── UnauthenticatedError          UNAUTHENTICATED: a listener requires a user id
 ├── ListenerError                 a socket that cannot be served (in use, not a socket)
 ├── LimitExceededError            RESOURCE_EXHAUSTED: over a concurrency or size limit
+│   ├── OverloadedError           over a target's limits.max_in_flight (shed at once)
 │   └── RateLimitedError          over a listener's rate_limit (with grpc-retry-pushback-ms)
 └── UpstreamError                 the daemon could not get an answer from a target
     ├── UpstreamUnavailableError  UNAVAILABLE: unreachable, circuit open
+    │   ├── UpstreamConnectError  no connection could be made (never sent)
+    │   ├── UpstreamLostError     the connection went away or reset the call mid-way
     │   └── CircuitOpenError      the breaker refused the call (not an upstream fault itself)
     └── UpstreamTimeoutError      DEADLINE_EXCEEDED
 
 Messages name the target and the reason and never carry a secret: they are
-shown to callers as they are.
+shown to callers as they are. `flag` is the Envoy response flag the access log and the
+call's span carry for the error (docs/observability.md lists them).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class SidecarError(Exception):
     """Root of the daemon's errors; `grpc_status` is what the caller gets."""
 
     grpc_status: StatusCode = StatusCode.INTERNAL
+    flag: str = ""  # Envoy's response flag for it (UF, UO, RL, ...); "" when none fits
     # Trailing metadata the caller gets with the status (names lower case, text values).
     trailers: tuple[tuple[str, str], ...] = ()
 
@@ -42,10 +47,12 @@ class ConfigError(SidecarError):
 
 class NoRouteError(SidecarError):
     grpc_status = StatusCode.UNIMPLEMENTED
+    flag = "NR"
 
 
 class UnknownTargetError(SidecarError):
     grpc_status = StatusCode.NOT_FOUND
+    flag = "NR"
 
 
 class InvalidRequestError(SidecarError):
@@ -68,8 +75,16 @@ class LimitExceededError(SidecarError):
     grpc_status = StatusCode.RESOURCE_EXHAUSTED
 
 
+class OverloadedError(LimitExceededError):
+    """Shed at once: the target has `limits.max_in_flight` calls in flight."""
+
+    flag = "UO"
+
+
 class RateLimitedError(LimitExceededError):
     """Over a listener's rate limit: the caller is told when a token is next free."""
+
+    flag = "RL"
 
     def __init__(self, message: str, pushback_ms: int) -> None:
         super().__init__(message)
@@ -85,9 +100,24 @@ class UpstreamUnavailableError(UpstreamError):
     grpc_status = StatusCode.UNAVAILABLE
 
 
+class UpstreamConnectError(UpstreamUnavailableError):
+    """No connection to the target could be made: nothing was sent."""
+
+    flag = "UF"
+
+
+class UpstreamLostError(UpstreamUnavailableError):
+    """The upstream's connection closed, or it reset the call, before the answer ended."""
+
+    flag = "UC"
+
+
 class CircuitOpenError(UpstreamUnavailableError):
     """Failing fast while the breaker is open; the fault that opened it stays `last_error`."""
+
+    flag = "UO"
 
 
 class UpstreamTimeoutError(UpstreamError):
     grpc_status = StatusCode.DEADLINE_EXCEEDED
+    flag = "UT"

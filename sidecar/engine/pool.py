@@ -36,7 +36,7 @@ from sidecar.engine.dns import (
 )
 from sidecar.engine.endpoints import Endpoint, EndpointPolicy, candidates, merge, power_of_two
 from sidecar.engine.limits import EngineLimits
-from sidecar.errors import UpstreamUnavailableError
+from sidecar.errors import UpstreamConnectError, UpstreamUnavailableError
 
 UPSTREAM_LIMITS = EngineLimits(max_concurrent_streams=0)  # we accept no pushed streams
 
@@ -175,8 +175,8 @@ class UpstreamPool:
 
         return power_of_two(candidates(self._slots, now, can_take), self._rand)
 
-    def _unreachable(self, reason: str) -> UpstreamUnavailableError:
-        return UpstreamUnavailableError(f"target {self.name!r} unreachable: {reason}")
+    def _unreachable(self, reason: str) -> UpstreamConnectError:
+        return UpstreamConnectError(f"target {self.name!r} unreachable: {reason}")
 
     # -- connecting -----------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sidecar.config import Target
-from sidecar.errors import CircuitOpenError, LimitExceededError, SidecarError
+from sidecar.errors import CircuitOpenError, OverloadedError, SidecarError
 from sidecar.resilience.backoff import full_jitter
 from sidecar.resilience.breaker import CLOSED, OPEN, Breaker
 from sidecar.resilience.budget import RetryBudget
@@ -60,6 +60,9 @@ class TargetPolicy:
         on_breaker_change: Callable[[str, str], None] | None = None,
     ) -> None:
         self.target = target
+        # (server.address, server.port) for logs and spans, `${VAR}` values blanked
+        # (the runtime sets it: telemetry/semconv.py `server_of`).
+        self.server: tuple[str, int | None] = ("", None)
         self.counters = Counters()
         self._clock = clock
         self._rand = rand or random.Random()
@@ -81,7 +84,7 @@ class TargetPolicy:
         counters = self.counters
         if counters.in_flight >= self._max_in_flight:
             counters.shed += 1
-            raise LimitExceededError(
+            raise OverloadedError(
                 f"target {self.target.name!r}: {counters.in_flight} calls in flight "
                 f"(limits.max_in_flight)"
             )

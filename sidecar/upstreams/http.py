@@ -29,6 +29,7 @@ from sidecar.errors import (
     InvalidRequestError,
     LimitExceededError,
     SidecarError,
+    UpstreamConnectError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
@@ -228,7 +229,7 @@ class HttpUpstream:
             if not e.sent:  # never reached the server: safe to repeat
                 self._connected(False, e.reason)
                 return (Attempt(ok=False, fault=True, retryable=True),
-                        UpstreamUnavailableError(f"target {name!r} unreachable: {e.reason}"))
+                        UpstreamConnectError(f"target {name!r} unreachable: {e.reason}"))
             return (Attempt(ok=False, fault=True, retryable=call.idempotent),
                     UpstreamUnavailableError(f"target {name!r}: {e.reason}"))
         self._connected(True)

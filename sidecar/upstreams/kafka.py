@@ -36,6 +36,7 @@ from sidecar.errors import (
     LimitExceededError,
     PermissionDeniedError,
     SidecarError,
+    UpstreamConnectError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
@@ -330,7 +331,7 @@ class KafkaUpstream:
         name = self.target.name
         outcomes = pending.results
         if pending.left:
-            outcomes.fill(UpstreamUnavailableError(
+            outcomes.fill(UpstreamConnectError(
                 f"target {name!r} unreachable: no broker acknowledgement before the deadline"
                 f"{f' ({self._down_reason})' if self._down_reason else ''}; "
                 "the message may still be delivered"
