@@ -12,13 +12,14 @@ import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sidecar.config import Identity, MetadataNames
 from sidecar.errors import UnauthenticatedError
 
 if TYPE_CHECKING:
     from sidecar.engine.peer import Peer
+    from sidecar.resilience.policy import TargetPolicy
     from sidecar.telemetry.tracing import CallTrace
 
 V = TypeVar("V")
@@ -68,6 +69,13 @@ class CallContext:
     peer_user: str | None = None  # the user id `identity.peers` maps the peer to
     caller_key: str | int | None = None  # whom a per-caller rate limit counts the call to
     trace: CallTrace | None = None  # set when tracing is on
+    # What became of the call upstream, for its access line and span (telemetry/hub.py):
+    attempts: int = 0  # upstream attempts made
+    upstream_status: int | None = None  # the last attempt's gRPC status or HTTP status
+    request_bytes: int = 0  # sent upstream: gRPC DATA, an HTTP body, Kafka keys and values
+    response_bytes: int = 0  # received: gRPC DATA, an HTTP body
+    flags: str = ""  # Envoy-style response flags, comma-separated (add_flag)
+    facts: dict[str, Any] | None = None  # kind-specific ones (a Kafka partition, offset)
 
     @property
     def traceparent(self) -> str:
@@ -87,15 +95,26 @@ class CallContext:
             out.append((names.caller_uid, str(self.peer.uid)))
         return out
 
-    def begin_attempt(self, target: str) -> str:
-        """The traceparent for one upstream attempt (its own span when tracing is on)."""
+    def begin_attempt(self, policy: TargetPolicy, operation: str = "", where: str = "") -> str:
+        """The traceparent for one upstream attempt to `policy`'s target (its own span when
+        tracing is on). `operation` and `where`: an HTTP method and path, a Kafka topic."""
+        self.attempts += 1
+        self.upstream_status = None
         if self.trace is None:
             return self.traceparent
-        return self.trace.begin_attempt(target)
+        return self.trace.begin_attempt(policy, operation, where)
 
-    def end_attempt(self, error: str | None) -> None:
+    def end_attempt(self, error: str | BaseException | None, status: int | None = None,
+                    ) -> None:
+        """The attempt is over: the upstream's gRPC or HTTP `status`, if it sent one; the
+        daemon's error, or a status name, when it failed."""
+        self.upstream_status = status
         if self.trace is not None:
-            self.trace.end_attempt(error)
+            self.trace.end_attempt(error, status, self.facts)
+
+    def add_flag(self, flag: str) -> None:
+        if flag and flag not in self.flags.split(","):
+            self.flags = f"{self.flags},{flag}" if self.flags else flag
 
 
 def build_context(metadata: Iterable[tuple[str, str | bytes]], identity: Identity,

@@ -21,6 +21,7 @@ from sidecar.resilience.breaker import OPEN
 from sidecar.resilience.policy import TargetPolicy
 from sidecar.routing import Router
 from sidecar.telemetry.redaction import Redactor
+from sidecar.telemetry.semconv import server_of
 from sidecar.upstreams import Upstream, build_upstream
 from sidecar.upstreams.grpc import GrpcUpstream
 
@@ -56,6 +57,8 @@ class Runtime:
             else TargetPolicy(t, on_breaker_change=on_breaker_change)
             for name, t in config.targets.items()
         }
+        for policy in self.policies.values():
+            policy.server = server_of(policy.target, redact)
         self.routers = {ls.name: Router(ls, config.targets) for ls in config.listeners}
         # A listener whose rate_limit did not change keeps its buckets.
         gates: dict[str, Gate] = {} if previous is None else previous.gates

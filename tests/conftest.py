@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import orjson
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # Tests import the waiting helpers from here: `from tests.conftest import eventually`.
+from tests.otlp_receiver import receiver as receiver  # an OTLP trace receiver fixture
 from tests.waiting import GiveUp as GiveUp
 from tests.waiting import eventually as eventually
 from tests.waiting import eventually_async as eventually_async
@@ -249,6 +251,21 @@ class Daemon:
 
     def log_lines(self) -> list[str]:
         return self.log_path.read_text().splitlines()
+
+    def records(self) -> list[dict[str, Any]]:
+        """The log's JSON records, each with its `attributes` beside the log data
+        model's fields (`body`, `severity_text`, `trace_id`, ...)."""
+        out = []
+        for line in self.log_lines():
+            if line.startswith("{"):  # not grpc core's own text
+                record = orjson.loads(line)
+                out.append({**record.pop("attributes", {}), **record})
+        return out
+
+    def access(self) -> list[dict[str, Any]]:
+        """The access lines' records, one per call, in order."""
+        return [r for r in self.records()
+                if r["body"] == "call" and r["scope"] == "sidecar.access"]
 
     def wait_log(self, needle: str, timeout: float = 10.0) -> list[str]:
         """The log lines containing `needle`, once there is at least one."""

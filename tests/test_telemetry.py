@@ -170,7 +170,7 @@ def test_log_lines_of_a_call_carry_its_correlation_and_trace_ids(
             b"x", metadata=[("x-correlation-id", "corr-77"),
                             ("traceparent", f"00-{trace_id}-b7ad6b7169203331-01")], timeout=5)
     d.stop()
-    lines = [orjson.loads(ln) for ln in d.log_lines()]
-    of_call = [e for e in lines if e["msg"] in ("call", "breaker open")]
+    of_call = [e for e in d.records() if e["body"] in ("call", "breaker open")]
     assert len(of_call) == 2
-    assert all(e["correlation_id"] == "corr-77" and e["trace_id"] == trace_id for e in of_call)
+    assert all(e["sidecar.correlation_id"] == "corr-77" and e["trace_id"] == trace_id
+               for e in of_call)

@@ -79,6 +79,7 @@ class ApiService:
             return result
         except SidecarError as e:
             status = e.grpc_status
+            ctx.add_flag(e.flag)  # a refusal before `run` (admission, the target) too
             await send_error(context, e, ctx.correlation_id)
             raise AssertionError("abort returns never") from e
         except asyncio.CancelledError as e:  # logged as the caller saw it

@@ -9,7 +9,8 @@ make the same checks in the same order and log the same way:
 2. `admit()`: the listener's gate (peer, required user id, rate limit);
 3. `open(target, kind)`: a target the listener may reach (its `targets` allow-list),
    known and of the kind the method needs, and an in-flight slot of its policy;
-4. `failed(error)` for the daemon's own answer, which the policy remembers for /status;
+4. `failed(error)` for the daemon's own answer, which the policy remembers for /status
+   (and its Envoy-style response flag, errors.py);
 5. `end(status)`: exactly once, whatever happened, with the status the caller got.
 """
 
@@ -86,7 +87,9 @@ class CallScope:
         return self.started + (self.policy.target.timeout if time_left is None else time_left)
 
     def failed(self, error: SidecarError) -> None:
-        """The call ends with the daemon's own error: the target's policy keeps it."""
+        """The call ends with the daemon's own error: the target's policy keeps it, and
+        the access line its response flag."""
+        self.ctx.add_flag(error.flag)
         if self._admitted and self.policy is not None:
             self.policy.note_error(error)
 
@@ -96,6 +99,12 @@ class CallScope:
         if self._ended:
             return
         self._ended = True
+        ctx = self.ctx
+        if status is not StatusCode.OK:
+            if status is StatusCode.CANCELLED:
+                ctx.add_flag("DC")  # the caller went away
+            elif ctx.attempts > 1:
+                ctx.add_flag("URX")  # retried, and the last attempt failed all the same
         if self._admitted:
             self._admitted = False
             assert self.policy is not None

@@ -23,6 +23,7 @@ from sidecar.engine.status_block import error_block
 from sidecar.errors import (
     LimitExceededError,
     SidecarError,
+    UpstreamLostError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
@@ -234,7 +235,7 @@ class ProxiedCall:
         self._error = None
         self._code = StatusCode.UNKNOWN
         self._details = ""
-        traceparent = self._ctx.begin_attempt(self._target.name)
+        traceparent = self._ctx.begin_attempt(self._policy)
         conn = self._pool.ready()
         if conn is None:
             self._task = self._conn.loop.create_task(self._connect(time_left, traceparent))
@@ -290,7 +291,7 @@ class ProxiedCall:
             return
         ctx = self._ctx
         # Lines logged meanwhile (the breaker's) are the call's, as in a task of its own.
-        token = CALL_FIELDS.set((ctx.correlation_id, ctx.trace_id))
+        token = CALL_FIELDS.set((ctx.correlation_id, ctx.trace_id, ctx.span_id))
         try:
             self._trial = None
             self._task = None
@@ -298,7 +299,12 @@ class ProxiedCall:
                 self._timer.cancel()
                 self._timer = None
             self._close_upstream()
-            self._ctx.end_attempt(None if self._code is _OK else self._code.name)
+            error = self._error
+            if error is None:  # the upstream's own status
+                ctx.end_attempt(None if self._code is _OK else self._code.name,
+                                self._code.value[0])
+            else:
+                ctx.end_attempt(error)
             verdict = classify(self._code, self._error, self._retry_on)
             verdict.committed = self._committed
             verdict.retryable = verdict.retryable and self._replayable
@@ -427,10 +433,12 @@ class ProxiedCall:
             self._conn.acknowledge(self._sid, length)
             self._stop(self._too_large("request", self._bound_in))
         elif up is not None:
+            self._ctx.request_bytes += len(data)
             up.send_data(self._up_sid, data, end_stream, self._conn, self._sid, length)
             if self._replayable:
                 self._keep(data, 0)
         else:
+            self._ctx.request_bytes += len(data)
             self._keep(data, length)
 
     def _keep(self, data: memoryview | bytes, length: int) -> None:
@@ -498,6 +506,7 @@ class ProxiedCall:
             self._stop(self._too_large("response", self._bound_out))
             return
         conn = self._conn
+        self._ctx.response_bytes += len(data)
         if not self._committed:
             self._committed = True
             self._headers_sent = True
@@ -538,12 +547,13 @@ class ProxiedCall:
             self._code = _RESET_STATUS.get(code, StatusCode.INTERNAL)
             self._error = _UpstreamStatus(self._code, f"target {name!r} reset the stream "
                                                       f"(HTTP/2 error {code})")
+            self._error.flag = "UR"  # Envoy's upstream remote reset
         self._settle()
 
     def up_lost(self, reason: str) -> None:
         self._up = None
         self._code = StatusCode.UNAVAILABLE
-        self._error = UpstreamUnavailableError(
+        self._error = UpstreamLostError(
             f"target {self._target.name!r} unreachable: {reason}")
         self._settle()
 

@@ -26,13 +26,17 @@ class HttpProxyService(ApiService):
                 request.body, ctx,
             )
             answer: HttpResult | SidecarError | None = None
-            target = upstream.target.name
+            ctx.request_bytes = len(call.body)
 
             async def attempt(time_left: float) -> Attempt:
                 nonlocal answer
-                call.headers[call.trace_at] = ("traceparent", ctx.begin_attempt(target))
+                call.headers[call.trace_at] = (
+                    "traceparent", ctx.begin_attempt(policy, call.method, call.target))
                 verdict, answer = await upstream.attempt(call, time_left, deadline)
-                ctx.end_attempt(str(answer) if isinstance(answer, SidecarError) else None)
+                if isinstance(answer, SidecarError):
+                    ctx.end_attempt(answer)
+                else:
+                    ctx.end_attempt(None, answer.status)
                 return verdict
 
             await policy.run(deadline, attempt)
@@ -40,6 +44,7 @@ class HttpProxyService(ApiService):
             if isinstance(answer, SidecarError):
                 raise answer
             assert answer is not None
+            ctx.response_bytes = len(answer.body)
             attributes["http.response.status_code"] = answer.status
             return sidecar_pb2.HttpResponse(
                 status=answer.status,

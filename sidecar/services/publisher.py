@@ -79,9 +79,9 @@ async def _publish(
 ) -> Any:
     """One message: the brokers' partition and offset, or the call fails."""
     upstream.check_topic(request.topic)
-    message = _outgoing(upstream.target, _identity(ctx, upstream.target))(request)
+    message = _outgoing(upstream.target, _identity(ctx, policy, request.topic))(request)
     if isinstance(message, SidecarError):
-        ctx.end_attempt(str(message))
+        ctx.end_attempt(message)
         raise message
     outcomes = await _send(upstream, telemetry, ctx, policy, deadline, request.topic,
                            (request,), (message,))
@@ -102,7 +102,8 @@ async def _publish_batch(
     only when the brokers took none of them (then the results would carry no news)."""
     upstream.check_topic(request.topic)
     requests = request.messages
-    outgoing = _outgoing(upstream.target, _identity(ctx, upstream.target), ctx.request_id)
+    outgoing = _outgoing(upstream.target, _identity(ctx, policy, request.topic),
+                         ctx.request_id)
     outcomes = await _send(upstream, telemetry, ctx, policy, deadline, request.topic,
                            requests, map(outgoing, requests, range(len(requests))))
     if not outcomes.delivered and not outcomes.spooled:
@@ -121,6 +122,7 @@ async def _send(
     `messages` are the `requests` as sent, walked once while they are enqueued.
     The attempt's span, when tracing, was begun by `_identity` (its id is in the headers)."""
     made: list[Outcomes] = []  # the attempt's, once it ran
+    ctx.request_bytes = sum(len(r.key) + len(r.value) for r in requests)
 
     async def attempt(time_left: float) -> Attempt:
         made.append(await upstream.publish(topic, messages, len(requests), time_left))
@@ -137,7 +139,9 @@ async def _send(
                                                   "circuit open"))
     finally:
         failed = made[-1].fault() if made else None
-        ctx.end_attempt(None if failed is None else str(failed))
+        if made:
+            ctx.facts = _facts(made[-1], len(requests))
+        ctx.end_attempt(failed)
     outcomes = made[-1]
     if outcomes.delivered:
         telemetry.messages_sent(upstream.target.name, topic, outcomes.delivered,
@@ -145,11 +149,27 @@ async def _send(
     return outcomes
 
 
-def _identity(ctx: CallContext, target: KafkaTarget) -> tuple[Headers, frozenset[str]]:
+def _facts(outcomes: Outcomes, count: int) -> dict[str, Any]:
+    """What the access line and the span say of a publish beyond its status."""
+    facts: dict[str, Any] = {}
+    if count == 1:
+        if outcomes.delivered:
+            facts["messaging.destination.partition.id"] = str(outcomes.partitions[0])
+            facts["messaging.kafka.offset"] = outcomes.offsets[0]
+    else:
+        facts["messaging.batch.message_count"] = count
+        facts["sidecar.messages.delivered"] = outcomes.delivered
+    if outcomes.spooled:
+        facts["sidecar.messages.spooled"] = len(outcomes.spooled)
+    return facts
+
+
+def _identity(ctx: CallContext, policy: TargetPolicy, topic: str,
+              ) -> tuple[Headers, frozenset[str]]:
     """The headers injected into every message (with this attempt's traceparent), and
     the names a caller may not set."""
-    names = target.metadata
-    traceparent = ctx.begin_attempt(target.name)
+    names = policy.target.metadata
+    traceparent = ctx.begin_attempt(policy, "send", topic)
     headers: Headers = [("traceparent", traceparent) if k == "traceparent" else (k, v)
                         for k, v in ctx.identity_metadata(names)]
     return headers, names.reserved

@@ -18,6 +18,7 @@ from sidecar.status import StatusCode
 from sidecar.telemetry.histogram import Series
 from sidecar.telemetry.logging import CALL_FIELDS, AccessLog
 from sidecar.telemetry.metrics import Metrics
+from sidecar.telemetry.semconv import tracing_wanted
 
 if TYPE_CHECKING:  # the tracing SDK is loaded only when tracing is on
     from sidecar.telemetry.tracing import Tracer
@@ -33,8 +34,9 @@ class Telemetry:
         self.access = AccessLog(config.log.access)
         self.active: dict[str, int] = {}
         self.metrics = Metrics(policies, self.active, spools)
+        self._policies = policies
         self.tracer: Tracer | None = None
-        if config.telemetry.tracing.otlp_endpoint is not None:
+        if tracing_wanted(config.telemetry.tracing):
             from sidecar.telemetry.tracing import Tracer
 
             self.tracer = Tracer.from_config(config.telemetry.tracing)
@@ -52,7 +54,7 @@ class Telemetry:
         self.active[listener] = self.active.get(listener, 0) + 1
         if self.tracer is not None:
             ctx.trace = self.tracer.begin(ctx, listener, method)
-        CALL_FIELDS.set((ctx.correlation_id, ctx.trace_id))
+        CALL_FIELDS.set((ctx.correlation_id, ctx.trace_id, ctx.span_id))
 
     def end(
         self,
@@ -84,13 +86,11 @@ class Telemetry:
                     self._series[key] = series
             series.record(duration)
         if ctx.trace is not None:
-            ctx.trace.end(target, status.name, status is not StatusCode.OK)
+            ctx.trace.end(target, status.value[0], status.name, status is not StatusCode.OK,
+                          ctx.flags)
         if self.access.enabled:
-            self.access.call(
-                listener=listener, method=method, target=target, status=status.name,
-                duration=duration, correlation_id=ctx.correlation_id,
-                request_id=ctx.request_id, trace_id=ctx.trace_id, peer=ctx.peer,
-            )
+            policy = None if target is None else self._policies().get(target)
+            self.access.call(listener, method, policy, status, duration, ctx, attributes)
 
     def messages_sent(self, target: str, topic: str, count: int, size: int) -> None:
         if not self.metrics_on:
