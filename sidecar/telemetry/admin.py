@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 
 from sidecar.config import LOG_LEVELS, Admin
 from sidecar.errors import ListenerError
@@ -26,7 +27,7 @@ class AdminServer:
     """Serves the daemon's state; `state()` is read per request."""
 
     def __init__(self, admin: Admin, ready: Callable[[], tuple[bool, list[str]]],
-                 status: Callable[[], dict[str, Any]], metrics: Callable[[], bytes], *,
+                 status: Callable[[], dict[str, Any]], metrics: Callable[[bool], bytes], *,
                  config: Callable[[], dict[str, Any]], log_level: Callable[[str], str],
                  drain: Callable[[], None]) -> None:
         self._admin = admin
@@ -84,7 +85,13 @@ class AdminServer:
                             content_type="application/json")
 
     async def _metrics_text(self, request: web.Request) -> web.Response:
-        return web.Response(body=self._metrics(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        # OpenMetrics when the scraper asks for it (Prometheus does, for exemplars).
+        accept = request.headers.get("Accept", "")
+        openmetrics = any(part.split(";")[0].strip() == "application/openmetrics-text"
+                          for part in accept.split(","))
+        body = self._metrics(openmetrics)
+        content_type = OPENMETRICS_TYPE if openmetrics else CONTENT_TYPE_LATEST
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _status_json(self, request: web.Request) -> web.Response:
         body = orjson.dumps(self._status(), option=orjson.OPT_INDENT_2)

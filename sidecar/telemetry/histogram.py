@@ -5,17 +5,20 @@ Every call records one duration. Through the OpenTelemetry SDK that record cost 
 attribute checks and hashing, a lock per record). Here a call's series is looked up once
 (the hub caches it per target and status) and a record is one bisect and three additions.
 The text on /metrics is the same as the SDK's Prometheus exporter gave: the same names,
-labels (attribute names with dots as underscores, plus the `otel_scope_*` ones) and
-buckets, so dashboards and alerts see no change.
+labels (attribute names with dots as underscores; no `otel_scope_*` ones since the scope
+is passed empty) and buckets. A sampled traced call records with `record_traced`, which
+keeps it as its bucket's exemplar (one tuple assignment); OpenMetrics text shows it as
+`# {trace_id="...",span_id="..."} value timestamp`, Prometheus text does not.
 """
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import Exemplar, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 _MAX_SERIES = 4096  # per histogram; attribute sets are bounded by config, capped all the same
@@ -24,18 +27,28 @@ _MAX_SERIES = 4096  # per histogram; attribute sets are bounded by config, cappe
 class Series:
     """One attribute set's counts: `counts[i]` holds durations in (BUCKETS[i-1], BUCKETS[i]]."""
 
-    __slots__ = ("_bounds", "count", "counts", "sum")
+    __slots__ = ("_bounds", "count", "counts", "exemplars", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self._bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.count = 0
         self.sum = 0.0
+        # Per bucket, the last sampled traced call in it: (trace_id, span_id, value, time).
+        self.exemplars: list[tuple[str, str, float, float] | None] = [None] * (len(bounds) + 1)
 
     def record(self, value: float) -> None:
         self.counts[bisect_left(self._bounds, value)] += 1
         self.count += 1
         self.sum += value
+
+    def record_traced(self, value: float, trace_id: str, span_id: str) -> None:
+        """`record`, keeping the call as its bucket's exemplar (sampled traced calls only)."""
+        i = bisect_left(self._bounds, value)
+        self.counts[i] += 1
+        self.count += 1
+        self.sum += value
+        self.exemplars[i] = (trace_id, span_id, value, time.time())
 
 
 class DurationHistogram:
@@ -76,10 +89,15 @@ class DurationHistogram:
         for key, series in entries:
             labels = {_label(k): v for k, v in self._scope.items()}
             labels.update((_label(k), v) for k, v in key)
-            running, buckets = 0, []
-            for le, n in zip(les, series.counts, strict=True):
+            running = 0
+            buckets: list[Any] = []
+            for le, n, ex in zip(les, series.counts, series.exemplars, strict=True):
                 running += n
-                buckets.append((le, float(running)))
+                if ex is None:
+                    buckets.append((le, float(running)))
+                else:  # only OpenMetrics text shows it
+                    buckets.append((le, float(running), Exemplar(
+                        {"trace_id": ex[0], "span_id": ex[1]}, ex[2], ex[3])))
             family.add_metric([labels.get(n, "") for n in label_names], buckets, series.sum)
         return family
 

@@ -4,6 +4,12 @@ Per-call work is one histogram record (telemetry/histogram.py: the durations are
 aggregated by the daemon, not the SDK, for cost); everything the resilience layer
 already counts (attempts, retries, refused retries, shed calls, breaker state
 and transitions, in-flight) is read from its counters at scrape time.
+
+No `otel_scope_*` labels on any series (one scope, they only multiplied label sets);
+`target_info` stays: one series carrying service.name/version, for joins.
+`process_*`, `python_gc_*` and `python_info` come from prometheus_client's collectors.
+`render(openmetrics=True)` gives OpenMetrics text (GET /metrics with
+`Accept: application/openmetrics-text`), Prometheus text otherwise.
 """
 
 from __future__ import annotations
@@ -15,7 +21,14 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    CollectorRegistry,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from sidecar import __version__
 from sidecar.resilience.breaker import CLOSED, HALF_OPEN, OPEN
@@ -48,14 +61,17 @@ class Metrics:
         self._spools = spools
         self._active = active
         self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        self.registry.register(GC_COLLECTOR)
+        self.registry.register(PLATFORM_COLLECTOR)
         self.provider = MeterProvider(
-            metric_readers=[PrometheusMetricReader(registry=self.registry)],
+            metric_readers=[PrometheusMetricReader(registry=self.registry,
+                                                   scope_info_enabled=False)],
             resource=Resource.create({"service.name": "sidecar",
                                       "service.version": __version__}),
         )
         meter = self.provider.get_meter("sidecar", __version__)
-        scope = {"otel_scope_name": "sidecar", "otel_scope_schema_url": "",
-                 "otel_scope_version": __version__}
+        scope: dict[str, str] = {}  # no otel_scope_* labels
         self.rpc_duration = DurationHistogram(
             "rpc_client_call_duration_seconds",
             "gRPC calls proxied to grpc targets, by final status", BUCKETS, scope)
@@ -106,7 +122,10 @@ class Metrics:
             "sidecar.listener.active_calls", callbacks=[self._listeners], unit="{call}",
             description="calls in progress per listener")
 
-    def render(self) -> bytes:
+    def render(self, openmetrics: bool = False) -> bytes:
+        if openmetrics:
+            body: bytes = generate_openmetrics(self.registry)  # type: ignore[no-untyped-call]
+            return body
         return generate_latest(self.registry)
 
     def shutdown(self) -> None:
