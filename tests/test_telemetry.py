@@ -25,8 +25,10 @@ def _scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             labels = frozenset((k, v) for k, v in s.labels.items()
-                               if k.startswith(("sidecar_", "rpc_")))
-            samples[(s.name, labels)] = s.value
+                               if k.startswith(("sidecar_", "rpc_"))
+                               and k not in ("rpc_service", "rpc_method"))
+            key = (s.name, labels)  # summed over methods
+            samples[key] = samples.get(key, 0.0) + s.value
     return samples
 
 

@@ -71,20 +71,22 @@ class Telemetry:
         duration = time.monotonic() - started
         self.active[listener] -= 1
         if self.metrics_on and target is not None and kind is not None:
-            key = (target, kind, status, None if attributes is None else
-                   tuple(attributes.items()))
+            key = (target, kind, status, method if kind == "grpc" else None,
+                   None if attributes is None else tuple(attributes.items()))
             series = self._series.get(key)
-            if series is None:
-                attrs = {"sidecar.target": target, **(attributes or {})}
+            if series is None:  # labels bounded per target by Metrics.labels
+                attrs = self.metrics.labels(target, kind, method, attributes)
                 if kind == "grpc":
-                    attrs["rpc.system"] = "grpc"
                     attrs["rpc.grpc.status_code"] = status.value[0]
                 elif status is not StatusCode.OK:
                     attrs["error.type"] = status.name
                 series = self._durations[kind].series(attrs)
                 if len(self._series) < _MAX_CACHED_ATTRS:
                     self._series[key] = series
-            series.record(duration)
+            if ctx.trace is not None and ctx.trace_flags == "01":  # an exemplar for the bucket
+                series.record_traced(duration, ctx.trace_id, ctx.span_id)
+            else:
+                series.record(duration)
         if ctx.trace is not None:
             ctx.trace.end(target, status.value[0], status.name, status is not StatusCode.OK,
                           ctx.flags)

@@ -14,7 +14,8 @@ No `otel_scope_*` labels on any series (one scope, they only multiplied label se
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from fnmatch import fnmatchcase
 from typing import Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -34,6 +35,7 @@ from sidecar import __version__
 from sidecar.resilience.breaker import CLOSED, HALF_OPEN, OPEN
 from sidecar.resilience.policy import TargetPolicy
 from sidecar.telemetry.histogram import DurationHistogram, Histograms
+from sidecar.telemetry.semconv import rpc_names
 
 # Seconds: sub-millisecond proxy hops to multi-second upstream calls.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -48,6 +50,11 @@ _SPOOL_GAUGES = (
      "age of the oldest message waiting in the spool (0 when empty)"),
 )
 _MAX_SENT_SERIES = 4096  # (target, topic) pairs counted apart; more are counted as "other"
+MAX_METHODS = 64  # distinct gRPC methods per target labelled apart; more are "other"
+MAX_TOPICS = 64  # topics per target matching only a glob labelled apart; more are "other"
+OTHER = "other"
+_HTTP_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
 
 
 class Metrics:
@@ -59,6 +66,9 @@ class Metrics:
     ) -> None:
         self._policies = policies
         self._spools = spools
+        self._methods: dict[str, dict[str, tuple[str, str]]] = {}  # target -> path -> names
+        self._topics: dict[str, dict[str, str]] = {}  # target -> topic -> label
+        self._globbed: dict[str, int] = {}  # target -> topics labelled by a glob match
         self._active = active
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
@@ -122,6 +132,62 @@ class Metrics:
             "sidecar.listener.active_calls", callbacks=[self._listeners], unit="{call}",
             description="calls in progress per listener")
 
+    def labels(self, target: str, kind: str, method: str,
+               attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+        """A call's histogram attributes (a cache miss in the hub: not per call). Names and
+        values a caller picks (gRPC methods, topics, HTTP methods) are bounded."""
+        attrs: dict[str, Any] = {"sidecar.target": target, **(attributes or {})}
+        policy = self._policies().get(target)
+        if policy is not None:
+            address, port = policy.server
+            attrs["server.address"] = address
+            if port is not None:
+                attrs["server.port"] = port
+        if kind == "grpc":
+            attrs["rpc.system"] = "grpc"
+            attrs["rpc.service"], attrs["rpc.method"] = self.rpc_labels(target, method)
+        elif kind == "http":
+            verb = attrs.get("http.request.method")
+            if verb is not None and verb not in _HTTP_METHODS:
+                attrs["http.request.method"] = "_OTHER"  # as the conventions say
+        elif kind == "kafka":
+            attrs.setdefault("messaging.operation.type", "send")
+            topic = attrs.get("messaging.destination.name")
+            if topic is not None:
+                attrs["messaging.destination.name"] = self.topic_label(target, str(topic))
+        return attrs
+
+    def rpc_labels(self, target: str, path: str) -> tuple[str, str]:
+        """(`rpc.service`, `rpc.method`) of `path`; past MAX_METHODS per target, "other"."""
+        seen = self._methods.setdefault(target, {})
+        found = seen.get(path)
+        if found is None:
+            if len(seen) >= MAX_METHODS:
+                return OTHER, OTHER
+            found = seen[path] = rpc_names(path)
+        return found
+
+    def topic_label(self, target: str, topic: str) -> str:
+        """A configured topic as it is; one matching only a glob, up to MAX_TOPICS per target;
+        anything else "other"."""
+        seen = self._topics.setdefault(target, {})
+        found = seen.get(topic)
+        if found is not None:
+            return found
+        policy = self._policies().get(target)
+        configured: tuple[str, ...] = getattr(policy.target, "topics", ()) if policy else ()
+        label = OTHER
+        if topic in configured:
+            label = topic
+        elif any(fnmatchcase(topic, p) for p in configured):
+            globbed = self._globbed.get(target, 0)
+            if globbed < MAX_TOPICS:
+                self._globbed[target] = globbed + 1
+                label = topic
+        if len(seen) < _MAX_SENT_SERIES:
+            seen[topic] = label
+        return label
+
     def render(self, openmetrics: bool = False) -> bytes:
         if openmetrics:
             body: bytes = generate_openmetrics(self.registry)  # type: ignore[no-untyped-call]
@@ -148,6 +214,7 @@ class Metrics:
 
     def count_sent(self, target: str, topic: str, count: int, size: int) -> None:
         """`count` messages of `size` bytes in all acknowledged on `topic` of `target`."""
+        topic = self.topic_label(target, topic)
         entry = self.sent.get((target, topic))
         if entry is None:
             if len(self.sent) >= _MAX_SENT_SERIES:
