@@ -10,6 +10,16 @@ No `otel_scope_*` labels on any series (one scope, they only multiplied label se
 `process_*`, `python_gc_*` and `python_info` come from prometheus_client's collectors.
 `render(openmetrics=True)` gives OpenMetrics text (GET /metrics with
 `Accept: application/openmetrics-text`), Prometheus text otherwise.
+
+Labels follow the OpenTelemetry semantic conventions 1.37 (as semconv.py): metric names
+are unchanged (rpc.client.call.duration, http.client.request.duration,
+messaging.client.operation.duration, messaging.client.sent.messages); changes:
+- every duration series: + `server_address`, `server_port` (the target as configured)
+- rpc: + `rpc_service`, `rpc_method` (MAX_METHODS per target, then both `other`)
+- http: `http_request_method` outside the standard methods -> `_OTHER`
+- messaging: + `messaging_operation_type="send"`; `messaging_destination_name` bounded:
+  configured topics as they are, glob matches up to MAX_TOPICS per target, else `other`
+- all series: - `otel_scope_name`, `otel_scope_version`, `otel_scope_schema_url`
 """
 
 from __future__ import annotations
