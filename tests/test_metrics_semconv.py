@@ -134,13 +134,15 @@ def test_openmetrics_on_request_with_an_exemplar_of_the_traced_call(
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
-def test_promtool_accepts_both_formats(
+def test_promtool_accepts_the_prometheus_text(
     daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream,
 ) -> None:
     d, port = _daemon(daemon_factory, short_dir, upstream)
     with d.channel() as ch:
         ch.unary_unary("/test.Echo/Unary")(b"ok", timeout=5)
-    for accept in ("", "application/openmetrics-text"):
+    # promtool's `check metrics` reads the Prometheus text format only (OpenMetrics' `info`
+    # type is unknown to it); the OpenMetrics output is checked by prometheus_client's parser.
+    for accept in ("",):
         _, text = _get(port, accept)
         done = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
                               capture_output=True, timeout=30)
