@@ -18,9 +18,12 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar._generated import sidecar_pb2, sidecar_pb2_grpc
 from sidecar.telemetry import metrics as metrics_module
 from sidecar.telemetry.metrics import Metrics
 from tests.conftest import Daemon, Upstream, basic_config, free_port
+from tests.http_upstream import HttpUpstream, http_upstream  # noqa: F401  (fixture)
+from tests.kafka_broker import Broker, broker  # noqa: F401  (fixture)
 from tests.test_telemetry import Collector, collector  # noqa: F401  (fixture)
 
 DURATION = "rpc_client_call_duration_seconds"
@@ -148,3 +151,39 @@ def test_promtool_accepts_the_prometheus_text(
                               capture_output=True, timeout=30)
         # Lint remarks (units, counters' names) are not errors of the format.
         assert "error" not in (done.stdout + done.stderr).lower(), done.stdout + done.stderr
+
+
+def test_http_and_kafka_durations_carry_their_conventions_labels_from_a_real_daemon(
+    daemon_factory: Callable[..., Daemon], short_dir: Path,
+    http_upstream: HttpUpstream, broker: Broker,  # noqa: F811
+) -> None:
+    topic = broker.create_topic(partitions=1)
+    port = free_port()
+    config = basic_config(short_dir, None)
+    config["admin"] = {"address": f"127.0.0.1:{port}"}
+    config["targets"] = {
+        "web": {"kind": "http", "base_url": http_upstream.url},
+        "events": {"kind": "kafka", "bootstrap_servers": [broker.bootstrap],
+                   "topics": [topic, "t-*"]},
+    }
+    d = daemon_factory(config)
+    with d.channel() as ch:
+        sidecar_pb2_grpc.HttpProxyStub(ch).Call(sidecar_pb2.HttpRequest(
+            target="web", method="GET", path="/status/404"), timeout=5)
+        sidecar_pb2_grpc.PublisherStub(ch).Publish(sidecar_pb2.PublishRequest(
+            target="events", topic=topic, key=b"k", value=b"v"), timeout=10)
+    samples = _samples(_get(port)[1])
+    (http,) = [s.labels for s in samples if s.name == "http_client_request_duration_seconds_count"]
+    assert http["http_request_method"] == "GET"
+    assert http["http_response_status_code"] == "404"
+    assert (http["server_address"], http["server_port"]) == ("127.0.0.1",
+                                                             str(http_upstream.port))
+    assert http["sidecar_target"] == "web"
+    (kafka,) = [s.labels for s in samples
+                if s.name == "messaging_client_operation_duration_seconds_count"]
+    assert kafka["messaging_system"] == "kafka"
+    assert kafka["messaging_destination_name"] == topic  # a configured name, as it is
+    assert kafka["messaging_operation_type"] == "send"
+    host, kafka_port = broker.bootstrap.rsplit(":", 1)
+    assert (kafka["server_address"], kafka["server_port"]) == (host, kafka_port)
+    assert not any(k.startswith("otel_scope") for s in samples for k in s.labels)
