@@ -83,7 +83,7 @@ class Telemetry:
                 series = self._durations[kind].series(attrs)
                 if len(self._series) < _MAX_CACHED_ATTRS:
                     self._series[key] = series
-            if ctx.trace is not None and ctx.trace_flags == "01":  # an exemplar for the bucket
+            if ctx.trace is not None and int(ctx.trace_flags, 16) & 1:  # sampled: an exemplar
                 series.record_traced(duration, ctx.trace_id, ctx.span_id)
             else:
                 series.record(duration)
