@@ -19,12 +19,13 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar._generated import sidecar_pb2, sidecar_pb2_grpc
+from sidecar.config_loader import parse_config
 from sidecar.telemetry import metrics as metrics_module
 from sidecar.telemetry.metrics import Metrics
 from tests.conftest import Daemon, Upstream, basic_config, free_port
 from tests.http_upstream import HttpUpstream, http_upstream  # noqa: F401  (fixture)
 from tests.kafka_broker import Broker, broker  # noqa: F401  (fixture)
-from tests.test_telemetry import Collector, collector  # noqa: F401  (fixture)
+from tests.otlp_receiver import Receiver
 
 DURATION = "rpc_client_call_duration_seconds"
 
@@ -93,8 +94,10 @@ def test_proxied_method_labels_are_capped_per_target(
 
 
 def test_topic_labels_keep_configured_names_and_cap_glob_matches() -> None:
-    kafka = SimpleNamespace(kind="kafka", topics=("orders", "events.*"))
-    policy = SimpleNamespace(target=kafka, server=("broker", 9092))
+    config = parse_config({"listeners": [{"name": "app", "socket": "/run/s/app.sock"}],
+                           "targets": {"k": {"kind": "kafka", "bootstrap_servers": ["b:9092"],
+                                             "topics": ["orders", "events.*"]}}}, env={})
+    policy = SimpleNamespace(target=config.targets["k"], server=("broker", 9092))
     m = Metrics(lambda: {"k": policy}, {})  # type: ignore[arg-type, dict-item]
     try:
         assert m.topic_label("k", "orders") == "orders"
@@ -116,11 +119,10 @@ def test_topic_labels_keep_configured_names_and_cap_glob_matches() -> None:
 
 def test_openmetrics_on_request_with_an_exemplar_of_the_traced_call(
     daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream,
-    collector: tuple[Collector, int],  # noqa: F811
+    receiver: Receiver,
 ) -> None:
-    _, otlp = collector
     d, port = _daemon(daemon_factory, short_dir, upstream,
-                      tracing={"otlp_endpoint": f"http://127.0.0.1:{otlp}"})
+                      tracing={"otlp_endpoint": receiver.endpoint})
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     with d.channel() as ch:
         ch.unary_unary("/test.Echo/Unary")(
@@ -145,12 +147,10 @@ def test_promtool_accepts_the_prometheus_text(
         ch.unary_unary("/test.Echo/Unary")(b"ok", timeout=5)
     # promtool's `check metrics` reads the Prometheus text format only (OpenMetrics' `info`
     # type is unknown to it); the OpenMetrics output is checked by prometheus_client's parser.
-    for accept in ("",):
-        _, text = _get(port, accept)
-        done = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
-                              capture_output=True, timeout=30)
-        # Lint remarks (units, counters' names) are not errors of the format.
-        assert "error" not in (done.stdout + done.stderr).lower(), done.stdout + done.stderr
+    done = subprocess.run(["promtool", "check", "metrics"], input=_get(port)[1], text=True,
+                          capture_output=True, timeout=30)
+    # Lint remarks (units, counters' names) are not errors of the format.
+    assert "error" not in (done.stdout + done.stderr).lower(), done.stdout + done.stderr
 
 
 def test_http_and_kafka_durations_carry_their_conventions_labels_from_a_real_daemon(

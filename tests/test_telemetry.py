@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 import urllib.request
-from collections.abc import Callable, Iterator
-from concurrent import futures
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import orjson
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Daemon, Upstream, basic_config, eventually, free_port
@@ -86,58 +83,6 @@ def test_metrics_count_each_kind_of_event(
     assert _value(m, "sidecar_target_breaker_state", **bad_labels) == 2
     assert _value(m, "sidecar_target_breaker_state", **up_labels) == 0
     assert _value(m, "sidecar_target_in_flight", **up_labels) == 0
-
-
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP trace receiver on a real port."""
-
-    def __init__(self) -> None:
-        self.spans: list[Any] = []
-        self.lock = threading.Lock()
-
-    def Export(self, request: Any, context: Any) -> Any:
-        with self.lock:
-            for resource in request.resource_spans:
-                for scope in resource.scope_spans:
-                    self.spans.extend(scope.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
-@pytest.fixture
-def collector() -> Iterator[tuple[Collector, int]]:
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    receiver = Collector()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield receiver, port
-    server.stop(0).wait()
-
-
-def test_spans_follow_the_callers_trace_and_the_upstream_sees_the_attempt_span(
-    daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream,
-    collector: tuple[Collector, int],
-) -> None:
-    receiver, port = collector
-    config = basic_config(short_dir, upstream)
-    config["telemetry"] = {"tracing": {"otlp_endpoint": f"http://127.0.0.1:{port}"}}
-    d = daemon_factory(config, env={"OTEL_BSP_SCHEDULE_DELAY": "50"})
-    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
-    caller_span = "00f067aa0ba902b7"
-    with d.channel() as ch:
-        ch.unary_unary("/test.Echo/Flaky")(
-            b"x", metadata=[("traceparent", f"00-{trace_id}-{caller_span}-01"),
-                            ("fail-times", "1")], timeout=5)
-    d.stop()  # flushes the span processor
-    spans = receiver.spans
-    assert {s.trace_id.hex() for s in spans} == {trace_id}
-    servers = [s for s in spans if s.kind == s.SPAN_KIND_SERVER]
-    clients = [s for s in spans if s.kind == s.SPAN_KIND_CLIENT]
-    assert len(servers) == 1 and len(clients) == 2  # one per attempt
-    assert servers[0].parent_span_id.hex() == caller_span
-    assert all(c.parent_span_id == servers[0].span_id for c in clients)
-    sent = [str(s.metadata["traceparent"]).split("-")[2] for s in upstream.seen]
-    assert sent == [c.span_id.hex() for c in sorted(clients, key=lambda c: c.start_time_unix_nano)]
 
 
 def test_status_shows_the_breaker_open_once_the_call_that_tripped_it_returns(

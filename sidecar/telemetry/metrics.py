@@ -25,13 +25,11 @@ messaging.client.operation.duration, messaging.client.sent.messages); changes:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from fnmatch import fnmatchcase
 from typing import Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.resources import Resource
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -42,10 +40,11 @@ from prometheus_client import (
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from sidecar import __version__
+from sidecar.config import KafkaTarget
 from sidecar.resilience.breaker import CLOSED, HALF_OPEN, OPEN
 from sidecar.resilience.policy import TargetPolicy
 from sidecar.telemetry.histogram import DurationHistogram, Histograms
-from sidecar.telemetry.semconv import rpc_names
+from sidecar.telemetry.semconv import resource, rpc_names
 
 # Seconds: sub-millisecond proxy hops to multi-second upstream calls.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -87,8 +86,7 @@ class Metrics:
         self.provider = MeterProvider(
             metric_readers=[PrometheusMetricReader(registry=self.registry,
                                                    scope_info_enabled=False)],
-            resource=Resource.create({"service.name": "sidecar",
-                                      "service.version": __version__}),
+            resource=resource(),
         )
         meter = self.provider.get_meter("sidecar", __version__)
         scope: dict[str, str] = {}  # no otel_scope_* labels
@@ -185,15 +183,16 @@ class Metrics:
         if found is not None:
             return found
         policy = self._policies().get(target)
-        configured: tuple[str, ...] = getattr(policy.target, "topics", ()) if policy else ()
+        config = None if policy is None else policy.target
         label = OTHER
-        if topic in configured:
-            label = topic
-        elif any(fnmatchcase(topic, p) for p in configured):
-            globbed = self._globbed.get(target, 0)
-            if globbed < MAX_TOPICS:
-                self._globbed[target] = globbed + 1
+        if isinstance(config, KafkaTarget):
+            if topic in config.topics:
                 label = topic
+            elif any(p.fullmatch(topic) for p in config.topic_patterns):  # as check_topic
+                globbed = self._globbed.get(target, 0)
+                if globbed < MAX_TOPICS:
+                    self._globbed[target] = globbed + 1
+                    label = topic
         if len(seen) < _MAX_SENT_SERIES:
             seen[topic] = label
         return label
