@@ -93,7 +93,7 @@ class Http1Pool:
                  max_connections: int = 100, keepalive: float = 30.0,
                  dns_ttl: float = 300.0) -> None:
         self.origin = origin
-        self._unix = unix_socket
+        self._unix_path = unix_socket
         self._ssl = (ssl_context or ssl.create_default_context()) if origin.tls else None
         self._server_name = server_name or origin.host
         self._max = max(1, max_connections)
@@ -192,9 +192,9 @@ class Http1Pool:
         if self._ssl is not None:
             tls = {"ssl": self._ssl, "server_hostname": self._server_name}
         try:
-            if self._unix is not None:
+            if self._unix_path is not None:
                 _, conn = await loop.create_unix_connection(
-                    lambda: _Connection(self), self._unix, **tls)
+                    lambda: _Connection(self), self._unix_path, **tls)
                 return conn
             last: OSError | None = None
             for family, type_, proto, _, address in await self._resolve():
