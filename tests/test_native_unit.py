@@ -28,7 +28,7 @@ class FakeCaller:
     def send_headers(self, stream_id: int, headers: Any, end_stream: bool = False) -> None:
         self.sent.append(("headers", headers))
 
-    def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+    def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool) -> None:
         self.sent.append(("data", bytes(data)))
 
     def send_trailers(self, stream_id: int, headers: Any) -> None:
@@ -52,7 +52,7 @@ async def test_a_handler_past_the_callers_deadline_is_answered_for_naming_the_ta
         await asyncio.sleep(30)
 
     caller = FakeCaller()
-    call = NativeUnary(caller, 1, HEADERS, False, "/sidecar.v1.HttpProxy/Call",  # type: ignore[arg-type]
+    call = NativeUnary(caller, 1, HEADERS, False, "/sidecar.v1.HttpProxy/Call",
                        Method(sidecar_pb2.HttpRequest.FromString, never), 1024)
     call.caller_data(REQUEST, len(REQUEST), True)
     await asyncio.sleep(0.4)
@@ -72,7 +72,7 @@ async def test_the_handler_sees_metadata_as_grpc_aio_gives_it_and_its_answer_is_
         return sidecar_pb2.HttpResponse(status=200, body=request.path.encode())
 
     caller = FakeCaller()
-    call = NativeUnary(caller, 1, HEADERS, False, "/sidecar.v1.HttpProxy/Call",  # type: ignore[arg-type]
+    call = NativeUnary(caller, 1, HEADERS, False, "/sidecar.v1.HttpProxy/Call",
                        Method(sidecar_pb2.HttpRequest.FromString, answer), 1024)
     call.caller_data(REQUEST[:7], 7, False)  # split over two DATA frames
     call.caller_data(REQUEST[7:], len(REQUEST) - 7, True)
@@ -98,7 +98,7 @@ async def test_bad_framing_is_answered_naming_the_method(body: bytes, code: byte
         raise AssertionError("the handler must not run")
 
     caller = FakeCaller()
-    call = NativeUnary(caller, 1, HEADERS, False, "/sidecar.v1.HttpProxy/Call",  # type: ignore[arg-type]
+    call = NativeUnary(caller, 1, HEADERS, False, "/sidecar.v1.HttpProxy/Call",
                        Method(sidecar_pb2.HttpRequest.FromString, unreachable), 1024)
     call.caller_data(body, len(body), True)
     [(kind, trailers)] = caller.sent
@@ -124,7 +124,7 @@ async def test_a_reset_after_the_callers_deadline_cancels_as_a_deadline(
     for timeout, reset_after in ((b"10S", 0.0), (b"1m", 0.05)):  # deadline ahead, then gone
         caller = FakeCaller()
         headers = [(n, timeout if n == b"grpc-timeout" else v) for n, v in HEADERS]
-        call = NativeUnary(caller, 1, headers, False, "/sidecar.v1.HttpProxy/Call",  # type: ignore[arg-type]
+        call = NativeUnary(caller, 1, headers, False, "/sidecar.v1.HttpProxy/Call",
                            Method(sidecar_pb2.HttpRequest.FromString, wait), 1024)
         call.caller_data(REQUEST, len(REQUEST), True)
         await asyncio.sleep(reset_after)

@@ -34,15 +34,14 @@ class Inbound(Control):
 
     # -- receive --------------------------------------------------------------------------
 
-    def receive(self, data: bytes) -> list[Event]:
+    def receive(self, chunk: bytes | bytearray | memoryview) -> list[Event]:
         """Feed bytes from the peer; return what happened. Never raises on any input.
 
         After a ConnectionTerminated event (or goaway() with an error) it returns [].
         """
         if self._state is CLOSED:
             return []
-        if data.__class__ is not bytes:
-            data = bytes(data)
+        data = chunk if isinstance(chunk, bytes) else bytes(chunk)
         if self._tail_size:
             self._tail.append(data)
             self._tail_size += len(data)

@@ -16,7 +16,7 @@ import binascii
 import logging
 import struct
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from sidecar.engine.peer import Peer
-    from sidecar.engine.server import CallerConnection
 
 log = logging.getLogger("sidecar.native")
 
@@ -97,6 +96,22 @@ class NativeContext:
         raise Abort(code, details)
 
 
+class Caller(Protocol):
+    """What a native call uses of its caller's connection: engine/server.py's
+    CallerConnection (a structural type, so a test can record what is sent)."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def peer(self) -> Peer | None: ...
+    def acknowledge(self, stream_id: int, length: int) -> None: ...
+    def send_headers(self, stream_id: int, headers: Headers, end_stream: bool = False,
+                     ) -> None: ...
+    def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool) -> None: ...
+    def send_trailers(self, stream_id: int, headers: Headers) -> None: ...
+    def finish(self, stream_id: int, request_open: bool) -> None: ...
+
+
 class NativeUnary:
     """One caller stream of a unary method the daemon answers itself."""
 
@@ -104,7 +119,7 @@ class NativeUnary:
                  "_limit", "_method", "_name", "_refused", "_sid", "_target", "_task",
                  "_timer")
 
-    def __init__(self, conn: CallerConnection, stream_id: int, headers: Headers,
+    def __init__(self, conn: Caller, stream_id: int, headers: Headers,
                  end_stream: bool, name: str, method: Method, max_message: int,
                  refused: Refused | None = None) -> None:
         self._conn = conn
