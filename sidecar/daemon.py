@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvloop
 
-from sidecar import __version__
+from sidecar import __version__, build
 from sidecar.config import Config, Listener
 from sidecar.config_loader import load_config
 from sidecar.config_watch import ConfigWatcher
@@ -106,7 +106,7 @@ class Daemon:
         self.ready = True
         self.notifier.ready()
         log.info("started", extra={"fields": {
-            "version": __version__, "config": self.config_path,
+            "version": __version__, "build": build(), "config": self.config_path,
             "listeners": [ls.socket for ls in self.config.listeners],
         }})
 
@@ -228,6 +228,7 @@ class Daemon:
             listeners.append(entry)
         return {
             "version": __version__,
+            "build": build(),
             "uptime_s": round(time.time() - self.started, 3),
             "config": self.config_path,
             "in_flight": self.runtime.in_flight,

@@ -30,7 +30,8 @@ async def fetch_status(address: str) -> dict[str, Any]:
 def render(data: dict[str, Any], as_json: bool) -> str:
     if as_json:
         return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
-    lines = [f"sidecar {data['version']}  up {data['uptime_s']:.0f}s  "
+    build = f" ({data['build']})" if "build" in data else ""  # an older daemon has none
+    lines = [f"sidecar {data['version']}{build}  up {data['uptime_s']:.0f}s  "
              f"in flight {data['in_flight']}  config {data['config']}", "", "LISTENERS"]
     lines += _table(["name", "socket", "mode", "connections", "streams", "peer uids"],
                     [[ls["name"], ls["socket"], ls["mode"], _connections(ls),
