@@ -3,10 +3,10 @@
 librdkafka batches, retries within `producer.delivery_timeout` and (by
 default) deduplicates with an idempotent producer, so the daemon never
 re-publishes. Everything runs on the event loop, none of it blocking:
-`produce()` only enqueues, and a poller task serves delivery reports, stats
-and logs with `poll(0)`, every millisecond while messages are out. (A thread
-blocked in `poll()` would take the GIL once per delivery report, waiting out
-the interpreter's 5 ms switch interval each time the loop is busy.) A call
+`produce()` only enqueues, and delivery reports, stats and logs are served with
+`poll(0)` as soon as librdkafka signals them on a pipe the loop watches
+(kafka_wakeup.py); where that signal is not to be had, a poller task serves them
+every millisecond while messages are out. A call
 whose messages do not fit in the producer's queue waits for those reports to
 free room, up to its deadline. Delivery errors become our errors naming the
 target here; nothing above this module sees a librdkafka type. librdkafka's own log lines and error
@@ -58,6 +58,7 @@ from sidecar.upstreams.kafka_messages import (
 )
 from sidecar.upstreams.kafka_spool import Spool, send_stored, spool_call
 from sidecar.upstreams.kafka_store import StoredMessage
+from sidecar.upstreams.kafka_wakeup import Wakeup, wakeup_for
 
 __all__ = ["Delivered", "KafkaUpstream", "Outcome", "Outcomes", "OutgoingMessage", "classify",
            "producer_config", "producer_problems"]
@@ -143,6 +144,7 @@ class KafkaUpstream:
         self._config = producer_config(target)
         self._producer: Producer | None = None
         self._retired: list[Producer] = []  # replaced producers, polled until empty
+        self._wakeups: dict[int, Wakeup] = {}  # by id() of the producer whose queue signals
         self._generation = 0
         self._epochs = -1
         self._poller: asyncio.Task[None] | None = None
@@ -171,6 +173,7 @@ class KafkaUpstream:
             if spool is not None:
                 await spool.let_go(self)  # the store closes (and unlocks) if no one else holds it
             raise
+        self._watch(self._producer)
         self._poller = asyncio.create_task(self._poll())
         if spool is not None:
             self._drain = asyncio.create_task(spool.drain(
@@ -201,6 +204,7 @@ class KafkaUpstream:
                 producer.purge(blocking=False)
                 with contextlib.suppress(KafkaException):
                     producer.poll(0)
+            self._unwatch(producer)
         self._producer = None
         self._retired.clear()
         spool = self.spool
@@ -314,7 +318,7 @@ class KafkaUpstream:
         timer = None
         try:
             await self._produce(producer, loop, pending, messages, answer_at)
-            self._wake.set()
+            self._kick()
             if not done.done():
                 # A timer that settles `done` rather than asyncio.wait: that built a set, a
                 # waiter future and callbacks per call (13% of a Publish's samples, py-spy).
@@ -370,7 +374,7 @@ class KafkaUpstream:
                     pending.settle(i, delivery_error(name, topic, e.args[0]))
                 break
             if i % _PRODUCE_SLICE == _PRODUCE_SLICE - 1:
-                self._wake.set()
+                self._kick()
                 await asyncio.sleep(0)  # other calls and the poller run between slices
                 unsent = self._gone(producer)
 
@@ -389,14 +393,14 @@ class KafkaUpstream:
         room = self._room
         if room is None or room.done():
             room = self._room = loop.create_future()
-        self._wake.set()
+        self._kick()
         await asyncio.wait((room,), timeout=min(left, _ROOM_WAIT))
         return None
 
     def _send_stored(self, m: StoredMessage, settle: Callable[[Any], None]) -> None:
         """Hand a spooled message to the producer for the drain."""
         send_stored(None if self._closing else self._producer, self.target.name, m, settle)
-        self._wake.set()
+        self._kick()
 
     def _gone(self, producer: Producer) -> SidecarError | None:
         """Why no more messages go to `producer`: closing, or replaced while a call ran."""
@@ -423,25 +427,57 @@ class KafkaUpstream:
             reason = self._redact(redact_config_values(str(e.args[0].str()), self.target))
             raise ConfigError([f"targets.{self.target.name}.producer: {reason}"]) from None
 
+    def _kick(self) -> None:
+        """Messages went out: without a wakeup pipe, the poller stops waiting idle."""
+        if id(self._producer) not in self._wakeups:
+            self._wake.set()
+
+    def _watch(self, producer: Producer) -> None:
+        """Serve `producer`'s callbacks when librdkafka signals them, where it can."""
+        wakeup = wakeup_for(producer, str(self._config["client.id"]))
+        if wakeup is not None and self._loop is not None:
+            self._wakeups[id(producer)] = wakeup
+            self._loop.add_reader(wakeup.fd, self._signalled, producer, wakeup)
+
+    def _unwatch(self, producer: Producer) -> None:
+        """No more signals from `producer` (before it is let go)."""
+        wakeup = self._wakeups.pop(id(producer), None)
+        if wakeup is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(wakeup.fd)
+            wakeup.close()
+
+    def _signalled(self, producer: Producer, wakeup: Wakeup) -> None:
+        wakeup.drain()
+        self._serve(producer)
+
+    def _serve(self, producer: Producer) -> None:
+        """poll(0): its callbacks run; a fatal error of the current producer replaces it."""
+        try:
+            served = producer.poll(0)
+        except KafkaException as e:  # a fatal error surfaces here too: replace it
+            served = 0
+            if producer is self._producer:
+                self._replace(f"fatal error {e.args[0].name()}")
+        room = self._room
+        if served and room is not None and not room.done():
+            room.set_result(None)  # delivery reports freed queue room
+
     async def _poll(self) -> None:
-        """Serve librdkafka's callbacks: often while messages are out, else seldom."""
+        """Serve librdkafka's callbacks: seldom where it signals them (a safety net for
+        stats and a missed signal), every millisecond while messages are out otherwise."""
         while True:
             producer = self._producer
             assert producer is not None
-            try:
-                served = producer.poll(0)
-            except KafkaException as e:  # a fatal error surfaces here too: replace it
-                served = 0
-                self._replace(f"fatal error {e.args[0].name()}")
-            room = self._room
-            if served and room is not None and not room.done():
-                room.set_result(None)  # delivery reports freed queue room
+            self._serve(producer)
             for old in list(self._retired):
-                with contextlib.suppress(KafkaException):
-                    old.poll(0)
+                self._serve(old)
                 if len(old) == 0:
                     self._retired.remove(old)
-            if len(producer) or self._retired:
+                    self._unwatch(old)
+            producer = self._producer  # replaced, if it failed
+            assert producer is not None
+            if (len(producer) and id(producer) not in self._wakeups) or self._retired:
                 await asyncio.sleep(_BUSY_POLL)
             else:
                 self._wake.clear()  # publish() sets it: no idle wait before its reports
@@ -456,6 +492,7 @@ class KafkaUpstream:
                     extra={"fields": {"target": self.target.name}})
         old = self._producer
         self._producer = self._new_producer()
+        self._watch(self._producer)
         self.replaced += 1
         if old is not None:
             old.purge(blocking=False)
