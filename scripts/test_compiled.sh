@@ -25,7 +25,8 @@ EOF
 if [ "$#" -eq 0 ]; then
   set -- tests/test_build.py tests/engine tests/test_native_unit.py tests/test_native.py \
     tests/test_native_streams.py tests/test_proxy.py tests/test_resilience.py \
-    tests/test_upstream_grpc.py tests/test_kafka.py tests/test_kafka_batch.py tests/test_http.py \
+    tests/test_upstream_grpc.py tests/test_kafka.py tests/test_kafka_batch.py \
+    tests/test_kafka_wakeup.py tests/test_kafka_poller.py tests/test_http.py \
     tests/test_http1_client.py tests/test_http_correctness.py tests/test_access_line.py \
     tests/test_call_scope.py tests/test_lifecycle.py
 fi
