@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -41,13 +42,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2_000, help="calls before each sample")
     p.add_argument("--concurrency", type=int, default=64, help="h2load streams")
     p.add_argument("--payload", type=int, default=256)
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="py-spy (native frames) over each checkout's measured calls of the "
+                        "last round: DIR/<n>.raw, collapsed stacks, one per checkout")
     a = p.parse_args(argv)
     if a.rounds < 1 or a.calls < 1 or a.concurrency < 1:
         p.error("--rounds, --calls and --concurrency must be >= 1")
     return a
 
 
-def sample(spec: str, args: argparse.Namespace, work: Path) -> float:
+def sample(spec: str, args: argparse.Namespace, work: Path,
+           profile: Path | None = None) -> float:
     """One daemon of checkout `spec`: CPU microseconds per call over `args.calls` calls."""
     folder, _, option = spec.partition(":")
     metrics = "false" if option == "metrics=false" else "true"
@@ -68,10 +73,17 @@ def sample(spec: str, args: argparse.Namespace, work: Path) -> float:
         with running("daemon", daemon_argv, run, cwd=repo, env=env) as daemon:
             wait_ready(daemon, lambda: _serving(listen) and _echoes(listen), READY_TIMEOUT)
             subprocess.run([*h2load, f"-n{args.warmup}"], capture_output=True, check=True)
+            spy = None if profile is None else subprocess.Popen(
+                [str(Path(sys.executable).with_name("py-spy")), "record", "--native",
+                 "-r", "400", "-f", "raw", "-o", str(profile), "--pid", str(daemon.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             before = cpu_seconds(daemon.pid)
             done = subprocess.run([*h2load, f"-n{args.calls}"], capture_output=True,
                                   text=True, check=True)
             used = cpu_seconds(daemon.pid) - before
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled, then exits
+                spy.wait(30)
     if f"{args.calls} succeeded" not in done.stdout:
         raise BenchError(f"{spec}: not every call succeeded:\n{done.stdout}")
     calls: int = args.calls
@@ -87,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="scab-", dir="/tmp"))
     try:
         for round_ in range(1, args.rounds + 1):
-            for spec in args.checkouts:
-                us = sample(spec, args, work)
+            for n, spec in enumerate(args.checkouts, 1):
+                last = args.profile is not None and round_ == args.rounds
+                if last:
+                    args.profile.mkdir(parents=True, exist_ok=True)
+                us = sample(spec, args, work, args.profile / f"{n}.raw" if last else None)
                 results[spec].append(us)
                 print(f"round {round_}/{args.rounds}  {spec}: {us:.0f} us/call",
                       file=sys.stderr, flush=True)
