@@ -5,6 +5,13 @@ daemon with one http target pointing at it, then drives `GET /item` through
 each path at each concurrency for fixed-duration windows, interleaving the
 paths within every round. Prints medians across rounds; `--json PATH` also
 writes every sample. See bench/README.md.
+
+For an A/B of the daemon itself, `--checkout DIR` runs it from another folder holding a
+`sidecar` package (a `git worktree` of an older commit); run both in turn:
+
+    git worktree add /tmp/base HEAD~1
+    for i in 1 2 3; do for d in /tmp/base .; do
+        .venv/bin/python bench/http_proxy.py --load h2load --checkout $d --rounds 1; done; done
 """
 
 from __future__ import annotations
@@ -98,6 +105,7 @@ class Options:
     payload: int
     upstream: str
     load: str
+    checkout: Path
     json_path: Path | None
 
 
@@ -109,11 +117,13 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--load", choices=("python", "h2load"), default="python",
                    help="h2load: `h2load --h1` (C connections) straight at the upstream, "
                         "h2load posting gRPC frames (C streams, one connection) to the daemon")
+    p.add_argument("--checkout", type=Path, default=REPO,
+                   help="folder whose sidecar package the daemon runs (default: this one)")
     a = p.parse_args(argv)
     if a.rounds < 1 or a.seconds <= 0 or a.warmup < 0 or a.payload < 0:
         p.error("--rounds must be >= 1, --seconds > 0, the rest >= 0")
     return Options(a.concurrency, a.seconds, a.rounds, a.warmup, a.payload, a.upstream,
-                   a.load, a.json_path)
+                   a.load, a.checkout.resolve(), a.json_path)
 
 
 # --- readiness probes ---------------------------------------------------------------------
@@ -181,11 +191,13 @@ def start_upstream(opts: Options, work: Path, stack: ExitStack) -> tuple[str, Ch
     return base_url, child
 
 
-def start_daemon(work: Path, base_url: str, size: int, stack: ExitStack) -> tuple[str, Child]:
+def start_daemon(work: Path, base_url: str, size: int, checkout: Path,
+                 stack: ExitStack) -> tuple[str, Child]:
     listen, config = str(work / "app.sock"), work / "sidecar.yaml"
     config.write_text(DAEMON_CONFIG.format(listen=listen, target=TARGET, base_url=base_url))
     argv = [sys.executable, "-m", "sidecar", "run", "--config", str(config)]
-    child = stack.enter_context(running("daemon", argv, work, cwd=REPO))
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    child = stack.enter_context(running("daemon", argv, work, cwd=checkout, env=env))
     wait_ready(child, lambda: _proxied_ok(listen, size), READY_TIMEOUT)
     return listen, child
 
@@ -332,13 +344,15 @@ def report(opts: Options, samples: list[Sample]) -> dict[str, object]:
         compare(summaries["direct", c], summaries["daemon", c]) for c in opts.concurrency
     ]
     print(f"\nGET {ITEM} ({opts.payload} B body) over TCP loopback; upstream: {opts.upstream};"
-          f" daemon via HttpProxy.Call over UDS; load: {opts.load}; {opts.rounds} rounds"
-          f" x {opts.seconds:g} s; {os.cpu_count()} CPUs; medians across rounds\n")
+          f" daemon via HttpProxy.Call over UDS from {opts.checkout}; load: {opts.load};"
+          f" {opts.rounds} rounds x {opts.seconds:g} s; {os.cpu_count()} CPUs;"
+          " medians across rounds\n")
     print(summary_table(list(summaries.values())))
     print("\n+p50/+p99: daemon minus direct.  CPU ms/1k: that process's CPU per 1000 calls.\n")
     print(comparison_table(comparisons))
     return {
-        "settings": {k: v for k, v in asdict(opts).items() if k != "json_path"},
+        "settings": {k: str(v) if isinstance(v, Path) else v
+                     for k, v in asdict(opts).items() if k != "json_path"},
         "cpus": os.cpu_count(),
         "summary": [asdict(s) for s in summaries.values()],
         "comparison": [asdict(c) for c in comparisons],
@@ -358,7 +372,7 @@ def _preflight(opts: Options) -> None:
 def run(opts: Options, work: Path) -> list[Sample]:
     with ExitStack() as stack:
         base_url, upstream = start_upstream(opts, work, stack)
-        listen, daemon = start_daemon(work, base_url, opts.payload, stack)
+        listen, daemon = start_daemon(work, base_url, opts.payload, opts.checkout, stack)
         meter = Meter({"upstream": upstream.pid, "daemon": daemon.pid})
         targets = {"direct": base_url + ITEM, "daemon": f"unix:{listen}"}
         return run_rounds(opts, targets, meter, work)
