@@ -295,6 +295,27 @@ async def test_a_server_that_never_answers_times_out_and_its_connection_is_dropp
         await pool.close()
 
 
+async def test_a_shorter_time_limit_on_a_reused_connection_is_kept() -> None:
+    """A connection's timer outlives its exchange; a next one with less time must not
+    wait for the first one's limit."""
+    async def one_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await _read_request(reader)
+        await asyncio.sleep(10)
+
+    async with Raw(one_answer) as raw:
+        pool = _pool(raw.port)
+        assert (await _get(pool, timeout=30.0))[2] == b"ok"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await _get(pool, timeout=0.3)
+        assert 0.25 < loop.time() - started < 2.0
+        assert raw.accepts == 1
+        await pool.close()
+
+
 async def test_a_stale_keep_alive_connection_is_replaced_for_a_replayable_request() -> None:
     """The server answers one request per connection but says keep-alive, then closes as
     the next request arrives: a GET goes again on a new connection; a POST is an error

@@ -46,11 +46,11 @@ class HttpProxyService(ApiService):
             assert answer is not None
             ctx.response_bytes = len(answer.body)
             attributes["http.response.status_code"] = answer.status
-            return sidecar_pb2.HttpResponse(
-                status=answer.status,
-                headers=[sidecar_pb2.Header(name=k, value=v) for k, v in answer.headers],
-                body=answer.body,
-            )
+            response = sidecar_pb2.HttpResponse(status=answer.status, body=answer.body)
+            add = response.headers.add  # in place: no Header made to be copied in
+            for name, value in answer.headers:
+                add(name=name, value=value)
+            return response
 
         attributes: dict[str, Any] = {}
         return await self.serve(context, METHOD, request.target, "http", run, attributes)

@@ -135,17 +135,23 @@ class Http1Pool:
               body: bytes) -> bytes:
         lines = [f"{method} {self.origin.prefix}{target} HTTP/1.1\r\n"
                  f"Host: {self.origin.authority}\r\n"]
-        for name, value in headers:
-            if _UNSAFE.search(value) or _UNSAFE.search(name):
-                raise HttpClientError(f"header {name[:40]!r} holds CR, LF or NUL", sent=False)
-            lines.append(f"{name}: {value}\r\n")
+        lines += [f"{name}: {value}\r\n" for name, value in headers]
         if self.origin.basic_auth is not None and not any(
                 name.lower() == "authorization" for name, _ in headers):
             lines.append(f"Authorization: {self.origin.basic_auth}\r\n")
         if body or method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(body)}\r\n")
         lines.append("\r\n")
-        return "".join(lines).encode("utf-8")
+        text = "".join(lines)
+        # One count over the whole head instead of a search per name and value: a CR or
+        # LF of a header adds to the line ends; then find which one, to name it.
+        ends = len(lines) + 1
+        if text.count("\r") != ends or text.count("\n") != ends or "\x00" in text:
+            for name, value in headers:
+                if _UNSAFE.search(value) or _UNSAFE.search(name):
+                    raise HttpClientError(f"header {name[:40]!r} holds CR, LF or NUL",
+                                          sent=False)
+        return text.encode("utf-8")
 
     # -- connections ----------------------------------------------------------------------
 
@@ -299,6 +305,8 @@ class _Connection(asyncio.Protocol):
         self._parser: Any = None
         self._future: asyncio.Future[Response] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when the timer fires: at or before the exchange's deadline
+        self._deadline = 0.0  # the exchange's
         self._used = False  # an exchange ran here before the one under way
         self._received = 0  # bytes of the answer so far, head included
         self._limit = 0
@@ -335,7 +343,11 @@ class _Connection(asyncio.Protocol):
         self._headers = []
         self._body = []
         self._error = None
-        self._timer = loop.call_at(deadline, self._timed_out)
+        self._deadline = deadline
+        # A timer outlives its exchange (the next one's deadline is mostly later: it
+        # re-arms when it fires) rather than one made and cancelled per exchange.
+        if self._timer is None or deadline < self._timer_at:
+            self._arm(deadline)
         if len(body) <= 65536:
             transport.write(head + body if body else head)
         else:
@@ -350,12 +362,22 @@ class _Connection(asyncio.Protocol):
                 self._fail(asyncio.CancelledError())
             raise
 
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.pool.loop.call_at(when, self._timed_out)
+        self._timer_at = when
+
     def _timed_out(self) -> None:
         self._timer = None
-        self._fail(TimeoutError())
+        if self._future is None:
+            return  # that exchange is over, and no other is under way
+        if self._deadline > self._timer_at:
+            self._arm(self._deadline)  # armed for an earlier exchange
+        else:
+            self._fail(TimeoutError())
 
     def _done(self, response: Response, reusable: bool) -> None:
-        self._stop_timer()
         self._used = True
         future, self._future = self._future, None
         if future is not None and not future.done():
@@ -410,6 +432,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is None:
             return  # never made (asyncio calls this only after connection_made)
         self.transport = None
+        self._stop_timer()
         self.pool._lost(self)
         if self._future is None:
             return
