@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
+from sidecar.telemetry.logging import _timestamp
 from tests.conftest import Daemon, Upstream, basic_config, write_config
 
 SECRET = "tok-9f8e7d6c5b4a"
@@ -54,3 +56,11 @@ def test_warning_level_silences_access_lines(
         ch.unary_unary("/test.Echo/Unary")(b"x", timeout=5)
     d.stop()
     assert not any('"call"' in ln for ln in d.log_lines())
+
+
+def test_timestamps_are_rfc3339_utc_within_a_second_and_across_seconds() -> None:
+    """The second's text is formatted once and reused: every instant still reads right."""
+    for created in (1796241143.0, 1796241143.25, 1796241143.999999, 1796241144.000001,
+                    1796241143.5, 1796241143.9999999, 86399.75, 86400.0):
+        expected = datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        assert _timestamp(created) == expected, created

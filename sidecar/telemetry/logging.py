@@ -55,10 +55,20 @@ def _severity(level: int) -> tuple[str, int, int]:
     return found
 
 
+_second = (-1, "")  # the last second formatted, and its text: one strftime a second
+
+
 def _timestamp(created: float) -> str:
+    global _second
     whole = int(created)
-    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-            + f".{int((created - whole) * 1e6):06d}Z")
+    micro = round((created - whole) * 1e6)  # to the nearest, as datetime rounds
+    if micro == 1_000_000:
+        whole, micro = whole + 1, 0
+    second, text = _second
+    if second != whole:  # (whole, text) replaced as one tuple: safe from any thread
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, text)
+    return f"{text}.{micro:06d}Z"
 
 
 class JsonFormatter(logging.Formatter):
