@@ -173,7 +173,6 @@ class KafkaUpstream:
             if spool is not None:
                 await spool.let_go(self)  # the store closes (and unlocks) if no one else holds it
             raise
-        self._watch(self._producer)
         self._poller = asyncio.create_task(self._poll())
         if spool is not None:
             self._drain = asyncio.create_task(spool.drain(
@@ -410,7 +409,8 @@ class KafkaUpstream:
         return None
 
     def _new_producer(self) -> Producer:
-        """A producer whose callbacks only count while it is the current one."""
+        """A producer whose callbacks only count while it is the current one, served
+        when librdkafka signals them where it can (`_watch`)."""
         self._generation += 1
         self._epochs = -1
         gen = self._generation
@@ -421,11 +421,13 @@ class KafkaUpstream:
             "logger": ClientLog(self.target.name, self._redact),
         }
         try:
-            return Producer(config)
+            producer = Producer(config)
         except KafkaException as e:
             # from None: the library's text may quote a config value (a password).
             reason = self._redact(redact_config_values(str(e.args[0].str()), self.target))
             raise ConfigError([f"targets.{self.target.name}.producer: {reason}"]) from None
+        self._watch(producer)
+        return producer
 
     def _kick(self) -> None:
         """Messages went out: without a wakeup pipe, the poller stops waiting idle."""
@@ -492,7 +494,6 @@ class KafkaUpstream:
                     extra={"fields": {"target": self.target.name}})
         old = self._producer
         self._producer = self._new_producer()
-        self._watch(self._producer)
         self.replaced += 1
         if old is not None:
             old.purge(blocking=False)

@@ -20,9 +20,9 @@ it does not hold the upstream keeps its timer (`wakeup_for` answers None).
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
-import sys
 from typing import Any
 
 log = logging.getLogger("sidecar.kafka")
@@ -30,40 +30,32 @@ log = logging.getLogger("sidecar.kafka")
 _PRODUCER = 0  # rd_kafka_type_t RD_KAFKA_PRODUCER
 _HANDLE_OFFSET = object.__basicsize__  # rk follows PyObject_HEAD
 _PAYLOAD = b"!"
-_lib: Any = None  # the loaded librdkafka, False once it was looked for in vain
 
 
+@functools.cache
 def _librdkafka() -> Any:
-    """The librdkafka confluent-kafka loaded, with the prototypes used here, or None."""
-    global _lib
-    if _lib is None:
-        _lib = False
-        path = None
-        try:
-            with open("/proc/self/maps") as maps:
-                path = next((line.split()[-1] for line in maps
-                             if "librdkafka" in line and line.rstrip().endswith(
-                                 tuple(f".so.{n}" for n in range(1, 3)))), None)
-        except OSError:
-            pass
-        if path is not None:
-            try:
-                lib = ctypes.CDLL(path)
-                lib.rd_kafka_type.argtypes = [ctypes.c_void_p]
-                lib.rd_kafka_type.restype = ctypes.c_int
-                lib.rd_kafka_name.argtypes = [ctypes.c_void_p]
-                lib.rd_kafka_name.restype = ctypes.c_char_p
-                lib.rd_kafka_queue_get_main.argtypes = [ctypes.c_void_p]
-                lib.rd_kafka_queue_get_main.restype = ctypes.c_void_p
-                lib.rd_kafka_queue_io_event_enable.argtypes = [
-                    ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
-                lib.rd_kafka_queue_io_event_enable.restype = None
-                lib.rd_kafka_queue_destroy.argtypes = [ctypes.c_void_p]
-                lib.rd_kafka_queue_destroy.restype = None
-                _lib = lib
-            except (OSError, AttributeError):
-                pass
-    return _lib or None
+    """The librdkafka confluent-kafka loaded (none outside Linux: no /proc/self/maps),
+    with the prototypes used here, or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            path = next((line.split()[-1] for line in maps if "librdkafka" in line
+                         and line.rstrip().endswith((".so.1", ".so.2"))), None)
+        if path is None:
+            return None
+        lib = ctypes.CDLL(path)
+        for name, args, result in (
+            ("rd_kafka_type", [ctypes.c_void_p], ctypes.c_int),
+            ("rd_kafka_name", [ctypes.c_void_p], ctypes.c_char_p),
+            ("rd_kafka_queue_get_main", [ctypes.c_void_p], ctypes.c_void_p),
+            ("rd_kafka_queue_io_event_enable",
+             [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t], None),
+            ("rd_kafka_queue_destroy", [ctypes.c_void_p], None),
+        ):
+            function = getattr(lib, name)
+            function.argtypes, function.restype = args, result
+    except (OSError, AttributeError):
+        return None
+    return lib
 
 
 class Wakeup:
@@ -106,7 +98,7 @@ def wakeup_for(producer: Any, client_id: str) -> Wakeup | None:
     from confluent_kafka import Producer
 
     lib = _librdkafka()
-    if lib is None or type(producer) is not Producer or not sys.platform.startswith("linux"):
+    if lib is None or type(producer) is not Producer:
         return None
     handle = ctypes.c_void_p.from_address(id(producer) + _HANDLE_OFFSET).value
     if not handle:
