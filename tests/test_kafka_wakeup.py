@@ -78,3 +78,43 @@ async def test_the_upstream_serves_reports_on_the_signal_not_the_timer(
     finally:
         await upstream.close(1.0)
     assert upstream._wakeups == {}  # closed: librdkafka writes to no pipe of ours
+
+
+async def test_a_burst_of_reports_wakes_its_calls_a_few_per_loop_turn(broker: Broker) -> None:
+    # 40 calls produced together to one partition are acknowledged by one produce request,
+    # served by one poll(0). Woken all at once, the 40 answers would run in one loop turn
+    # and the loop would read nothing new until the last was written; woken a few per turn,
+    # it reads (and produces the callers' next calls) between them. Every call is answered.
+    topic = broker.create_topic(partitions=1)
+    config = parse_config({
+        "listeners": [{"name": "a", "socket": "/tmp/a.sock"}],
+        "targets": {"k": {"kind": "kafka", "bootstrap_servers": [broker.bootstrap]}},
+    }, env={})
+    target = config.targets["k"]
+    assert isinstance(target, KafkaTarget)
+    upstream = kafka.KafkaUpstream(target)
+    await upstream.start()
+    loop = asyncio.get_running_loop()
+    turn = 0
+
+    def tick() -> None:  # runs once per loop turn
+        nonlocal turn
+        turn += 1
+        loop.call_soon(tick)
+
+    async def publish(i: int) -> int:
+        outcomes = await upstream.publish(
+            topic, [OutgoingMessage(None, b"v%d" % i, [], -1)], 1, time_left=10.0)
+        assert outcomes.delivered == 1 and not outcomes.errors
+        return turn
+
+    try:  # a first call connects the producer, so the burst is acknowledged together
+        await publish(-1)
+        loop.call_soon(tick)
+        turns = await asyncio.gather(*(publish(i) for i in range(40)))
+    finally:
+        await upstream.close(1.0)
+    per_turn = [turns.count(t) for t in set(turns)]
+    assert max(per_turn) <= kafka._WAKE_SLICE, per_turn
+    assert len(set(turns)) >= 40 // kafka._WAKE_SLICE
+    assert len(broker.read_all(topic)) == 41

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
@@ -69,6 +70,9 @@ _BUSY_POLL = 0.001  # seconds between polls while messages await delivery report
 _IDLE_POLL = 0.1  # ... and while none do (stats, logs, errors)
 _ROOM_WAIT = 0.05  # longest wait for queue room before trying produce() again anyway
 _PRODUCE_SLICE = 1000  # messages a call enqueues before letting the loop run
+# Calls a burst of delivery reports wakes per loop turn (`_Wakes`): 2-4 measured best at
+# 64 Publish calls in flight (9,700-9,900 calls/s against 7,100-7,900 waking all at once).
+_WAKE_SLICE = 4
 # Producer-epoch bumps with no delivery in between: the brokers keep refusing our
 # producer id (a broker that lost its state), whatever the rate of bumps.
 _STUCK_EPOCH_BUMPS = 5
@@ -90,14 +94,60 @@ def _time_up(done: asyncio.Future[None]) -> None:
         done.set_result(None)
 
 
+class _Wakes:
+    """Wakes the calls whose messages were all reported, `_WAKE_SLICE` per loop turn.
+
+    One poll(0) serves a whole produce request's reports at once: with 64 calls in
+    flight, all 64 were acknowledged together, and waking them together ran all 64
+    answers before the loop read again. The callers' next calls, sent as soon as the
+    first answers reach them, then waited for the last answer before being produced,
+    and `linger.ms` only started after that. Woken a few per turn, the loop reads (and
+    produces) between slices, so the next batch lingers while the rest are answered.
+    """
+
+    __slots__ = ("_loop", "_scheduled", "_waiting", "_woken")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._woken = 0  # calls woken this turn
+        self._scheduled = False
+
+    def wake(self, done: asyncio.Future[None]) -> None:
+        """Settle `done` (not settled yet) now if this turn has room, else in a later one."""
+        if self._woken < _WAKE_SLICE and not self._waiting:
+            self._woken += 1
+            done.set_result(None)
+        else:
+            self._waiting.append(done)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        self._scheduled = False
+        self._woken = 0
+        waiting = self._waiting
+        while waiting and self._woken < _WAKE_SLICE:
+            done = waiting.popleft()
+            if not done.done():  # the call's deadline timer or a cancellation came first
+                self._woken += 1
+                done.set_result(None)
+        if waiting or self._woken:  # the next turn counts afresh (and wakes the rest)
+            self._scheduled = True
+            self._loop.call_soon(self._turn)
+
+
 class _Pending:
     """One call's outcomes, one per message, complete once every message has one;
     reports after the call answered (`done` cancelled) are not recorded, except those
     of messages spooled while librdkafka still had them (`late`)."""
 
-    __slots__ = ("done", "late", "left", "results", "target", "topic")
+    __slots__ = ("done", "late", "left", "results", "target", "topic", "wakes")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, target: str, topic: str, n: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, wakes: _Wakes, target: str,
+                 topic: str, n: int) -> None:
+        self.wakes = wakes
         self.target = target
         self.topic = topic
         self.results = Outcomes(n)
@@ -128,7 +178,7 @@ class _Pending:
     def _count(self) -> None:
         self.left -= 1
         if self.left == 0:
-            self.done.set_result(None)
+            self.wakes.wake(self.done)
 
 
 class KafkaUpstream:
@@ -152,6 +202,7 @@ class KafkaUpstream:
         self._wake = asyncio.Event()
         self._room: asyncio.Future[None] | None = None  # resolved by the poller's reports
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakes: _Wakes | None = None
         self._brokers_up = True  # until librdkafka's first stats say otherwise
         self._down_reason: str | None = None
         self.replaced = 0
@@ -163,6 +214,7 @@ class KafkaUpstream:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._wakes = _Wakes(self._loop)
         spool = self.spool
         if spool is not None:
             await spool.open()  # a ConfigError naming spool.dir if it cannot be kept
@@ -304,14 +356,14 @@ class KafkaUpstream:
         """Enqueue and wait until acknowledged or `margin` (at most a fifth of the time
         left) before the deadline: the call's pending outcomes, or its failure at once."""
         name = self.target.name
-        producer, loop = self._producer, self._loop
+        producer, loop, wakes = self._producer, self._loop, self._wakes
         if time_left <= 0:
             return Outcomes.failed(count, UpstreamTimeoutError(
                 f"target {name!r}: deadline exceeded"))
-        if producer is None or loop is None or self._closing:
+        if producer is None or loop is None or wakes is None or self._closing:
             return Outcomes.failed(count, UpstreamUnavailableError(
                 f"target {name!r}: shutting down"))
-        pending = _Pending(loop, name, topic, count)
+        pending = _Pending(loop, wakes, name, topic, count)
         answer_at = loop.time() + time_left - min(margin, time_left / 5)
         done = pending.done
         timer = None
