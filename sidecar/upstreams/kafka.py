@@ -70,9 +70,11 @@ _BUSY_POLL = 0.001  # seconds between polls while messages await delivery report
 _IDLE_POLL = 0.1  # ... and while none do (stats, logs, errors)
 _ROOM_WAIT = 0.05  # longest wait for queue room before trying produce() again anyway
 _PRODUCE_SLICE = 1000  # messages a call enqueues before letting the loop run
-# Calls a burst of delivery reports wakes per loop turn (`_Wakes`): 2-4 measured best at
-# 64 Publish calls in flight (9,700-9,900 calls/s against 7,100-7,900 waking all at once).
-_WAKE_SLICE = 4
+# Calls a burst of delivery reports wakes per loop turn (`_Wakes`). At 64 Publish calls
+# in flight (h2load, calls/s; all at once: Python 7,100-7,900): Python 1: 9,000-9,300,
+# 2: 9,600-9,900, 4: 9,700-9,800, 16: 8,600; compiled 1: 10,400-10,800, 2: 10,300-10,400,
+# 4: 10,100, 16: 9,300-9,700.
+_WAKE_SLICE = 2
 # Producer-epoch bumps with no delivery in between: the brokers keep refusing our
 # producer id (a broker that lost its state), whatever the rate of bumps.
 _STUCK_EPOCH_BUMPS = 5
