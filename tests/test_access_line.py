@@ -172,6 +172,27 @@ def test_a_publish_line_carries_its_partition_and_offset(
     assert (line["server.address"], line["server.port"]) == (host, int(port))
 
 
+def test_a_publish_batch_line_counts_its_messages_and_their_bytes(
+    daemon_factory: Callable[..., Daemon], short_dir: Path, broker: Broker,  # noqa: F811
+) -> None:
+    topic = broker.create_topic(partitions=1)
+    config = basic_config(short_dir, None)
+    config["targets"] = {"events": {"kind": "kafka", "bootstrap_servers": [broker.bootstrap],
+                                    "max_message_bytes": 100}}
+    d = daemon_factory(config)
+    messages = [sidecar_pb2.BatchMessage(key=b"k" * i, value=b"v" * 10) for i in range(3)]
+    messages.append(sidecar_pb2.BatchMessage(value=b"x" * 200))  # over max_message_bytes
+    with d.channel() as ch:
+        reply = sidecar_pb2_grpc.PublisherStub(ch).PublishBatch(sidecar_pb2.PublishBatchRequest(
+            target="events", topic=topic, messages=messages), timeout=10)
+    assert [bool(r.error) for r in reply.results] == [False, False, False, True]
+    line = eventually(lambda: d.access()[0] if d.access() else None)
+    assert line["messaging.batch.message_count"] == 4
+    assert line["sidecar.messages.delivered"] == 3
+    # Keys and values of every message of the call, the refused one included.
+    assert line["sidecar.request.bytes"] == (0 + 1 + 2) + 3 * 10 + 200
+
+
 def test_a_line_logged_within_a_call_has_its_trace_and_span_ids(
     daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream,
 ) -> None:

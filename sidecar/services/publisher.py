@@ -79,7 +79,7 @@ async def _publish(
 ) -> Any:
     """One message: the brokers' partition and offset, or the call fails."""
     upstream.check_topic(request.topic)
-    message = _outgoing(upstream.target, _identity(ctx, policy, request.topic))(request)
+    message = _outgoing(upstream.target, ctx, _identity(ctx, policy, request.topic))(request)
     if isinstance(message, SidecarError):
         ctx.end_attempt(message)
         raise message
@@ -102,7 +102,7 @@ async def _publish_batch(
     only when the brokers took none of them (then the results would carry no news)."""
     upstream.check_topic(request.topic)
     requests = request.messages
-    outgoing = _outgoing(upstream.target, _identity(ctx, policy, request.topic),
+    outgoing = _outgoing(upstream.target, ctx, _identity(ctx, policy, request.topic),
                          ctx.request_id)
     outcomes = await _send(upstream, telemetry, ctx, policy, deadline, request.topic,
                            requests, map(outgoing, requests, range(len(requests))))
@@ -122,7 +122,6 @@ async def _send(
     `messages` are the `requests` as sent, walked once while they are enqueued.
     The attempt's span, when tracing, was begun by `_identity` (its id is in the headers)."""
     made: list[Outcomes] = []  # the attempt's, once it ran
-    ctx.request_bytes = sum(len(r.key) + len(r.value) for r in requests)
 
     async def attempt(time_left: float) -> Attempt:
         made.append(await upstream.publish(topic, messages, len(requests), time_left))
@@ -176,7 +175,8 @@ def _identity(ctx: CallContext, policy: TargetPolicy, topic: str,
 
 
 def _outgoing(
-    target: KafkaTarget, identity: tuple[Headers, frozenset[str]], batch_id: str | None = None,
+    target: KafkaTarget, ctx: CallContext, identity: tuple[Headers, frozenset[str]],
+    batch_id: str | None = None,
 ) -> Callable[..., OutgoingMessage | SidecarError]:
     """What turns a PublishRequest's or BatchMessage's message into the message as sent,
     or why it is refused; what every message of the call shares is bound once here.
@@ -186,7 +186,8 @@ def _outgoing(
     `max_message_bytes` is key, value and the caller's headers. A message
     without headers of its own shares the call's injected list (librdkafka
     copies headers at produce time). In a batch (`batch_id`, the call's request id),
-    message `index` carries the request id `<batch_id>.<index>`.
+    message `index` carries the request id `<batch_id>.<index>`. The keys and values of the
+    messages made are counted into `ctx.request_bytes` (one pass over the batch).
     """
     injected, reserved = identity
     name, limit = target.name, target.max_message_bytes
@@ -203,6 +204,7 @@ def _outgoing(
         else:
             partition = -1
         size = len(key) + len(value)
+        ctx.request_bytes += size
         headers = injected
         rid = request_id
         if index is not None:
@@ -233,7 +235,10 @@ def _batch_response(outcomes: Outcomes, request_id: str) -> Any:
         error = errors.get(i) if errors else None
         rid = f"{request_id}.{i}"
         if error is None:
-            add(partition=partition, offset=offset, spooled=i in spooled, request_id=rid)
+            if spooled and i in spooled:
+                add(partition=partition, offset=offset, spooled=True, request_id=rid)
+            else:  # fields left at their defaults are not passed: upb parses each keyword
+                add(partition=partition, offset=offset, request_id=rid)
         else:
             text = texts.get(error)
             if text is None:
