@@ -23,6 +23,17 @@ from tests.kafka_broker import Broker, broker
 __all__ = ["broker"]  # the fixture, imported for pytest
 
 
+def _upstream(broker: Broker) -> kafka.KafkaUpstream:
+    """A kafka target `k` on the test broker, its upstream not started yet."""
+    config = parse_config({
+        "listeners": [{"name": "a", "socket": "/tmp/a.sock"}],
+        "targets": {"k": {"kind": "kafka", "bootstrap_servers": [broker.bootstrap]}},
+    }, env={})
+    target = config.targets["k"]
+    assert isinstance(target, KafkaTarget)
+    return kafka.KafkaUpstream(target)
+
+
 def test_the_handle_of_a_producer_is_found_and_checked() -> None:
     producer = Producer({"bootstrap.servers": "127.0.0.1:9", "client.id": "sidecar-x"})
     wakeup = wakeup_for(producer, "sidecar-x")
@@ -61,13 +72,7 @@ async def test_the_upstream_serves_reports_on_the_signal_not_the_timer(
     monkeypatch.setattr(kafka, "_BUSY_POLL", 5.0)
     monkeypatch.setattr(kafka, "_IDLE_POLL", 5.0)
     topic = broker.create_topic(partitions=1)
-    config = parse_config({
-        "listeners": [{"name": "a", "socket": "/tmp/a.sock"}],
-        "targets": {"k": {"kind": "kafka", "bootstrap_servers": [broker.bootstrap]}},
-    }, env={})
-    target = config.targets["k"]
-    assert isinstance(target, KafkaTarget)
-    upstream = kafka.KafkaUpstream(target)
+    upstream = _upstream(broker)
     await upstream.start()
     try:
         await asyncio.sleep(0.2)  # let the poller settle into its (long) idle wait
@@ -90,13 +95,7 @@ async def test_a_burst_of_reports_wakes_a_few_calls_first_then_twice_as_many_per
     # alone, it reads (and produces the callers' next calls) right after their answers.
     # Later turns wake twice as many as the one before. Every call is answered.
     topic = broker.create_topic(partitions=1)
-    config = parse_config({
-        "listeners": [{"name": "a", "socket": "/tmp/a.sock"}],
-        "targets": {"k": {"kind": "kafka", "bootstrap_servers": [broker.bootstrap]}},
-    }, env={})
-    target = config.targets["k"]
-    assert isinstance(target, KafkaTarget)
-    upstream = kafka.KafkaUpstream(target)
+    upstream = _upstream(broker)
     await upstream.start()
     loop = asyncio.get_running_loop()
     turn = 0
