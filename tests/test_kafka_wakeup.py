@@ -6,7 +6,6 @@ served with no poll timer involved, against a real broker."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import select
 import time
 
@@ -86,14 +85,11 @@ async def test_the_upstream_serves_reports_on_the_signal_not_the_timer(
     assert upstream._wakeups == {}  # closed: librdkafka writes to no pipe of ours
 
 
-async def test_a_burst_of_reports_wakes_a_few_calls_first_then_twice_as_many_per_turn(
-    broker: Broker,
-) -> None:
+async def test_a_burst_of_reports_wakes_its_calls_a_few_per_loop_turn(broker: Broker) -> None:
     # 40 calls produced together to one partition are acknowledged by one produce request,
     # served by one poll(0). Woken all at once, the 40 answers would run in one loop turn
-    # and the loop would read nothing new until the last was written; the first few woken
-    # alone, it reads (and produces the callers' next calls) right after their answers.
-    # Later turns wake twice as many as the one before. Every call is answered.
+    # and the loop would read nothing new until the last was written; woken a few per turn,
+    # it reads (and produces the callers' next calls) between them. Every call is answered.
     topic = broker.create_topic(partitions=1)
     upstream = _upstream(broker)
     await upstream.start()
@@ -118,8 +114,6 @@ async def test_a_burst_of_reports_wakes_a_few_calls_first_then_twice_as_many_per
     finally:
         await upstream.close(1.0)
     per_turn = [turns.count(t) for t in sorted(set(turns))]
-    assert per_turn[0] <= kafka._WAKE_SLICE, per_turn
-    assert all(n <= 2 * before for before, n in itertools.pairwise(per_turn)), per_turn
-    assert len(per_turn) >= 4, per_turn  # 2, 4, 8, 16, ... (40 calls): never all at once
-    assert len(per_turn) < 40 // kafka._WAKE_SLICE, per_turn  # nor a few in every turn
+    assert max(per_turn) <= kafka._WAKE_SLICE, per_turn
+    assert len(per_turn) >= 40 // kafka._WAKE_SLICE, per_turn
     assert len(broker.read_all(topic)) == 41

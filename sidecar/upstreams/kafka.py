@@ -70,14 +70,13 @@ _BUSY_POLL = 0.001  # seconds between polls while messages await delivery report
 _IDLE_POLL = 0.1  # ... and while none do (stats, logs, errors)
 _ROOM_WAIT = 0.05  # longest wait for queue room before trying produce() again anyway
 _PRODUCE_SLICE = 1000  # messages a call enqueues before letting the loop run
-# Calls a burst of delivery reports wakes in its first loop turn (`_Wakes`); each later
-# turn of the same burst wakes twice as many, up to `_WAKE_SLICE_MAX`. At 64 Publish calls
-# in flight (h2load, calls/s; all at once: Python 7,100-7,900), a fixed slice of: Python
-# 1: 9,000-9,300, 2: 9,600-9,900, 4: 9,700-9,800, 16: 8,600; compiled 1: 10,400-10,800,
-# 2: 10,300-10,400, 4: 10,100, 16: 9,300-9,700. Doubling from 2 kept the rate of a fixed 2
-# at 12-18% less CPU per call (Python, 4 interleaved pairs: 97-101 against 114-119 us).
+# Calls a burst of delivery reports wakes per loop turn (`_Wakes`). At 64 Publish calls
+# in flight (h2load, calls/s; all at once: Python 7,100-7,900): Python 1: 9,000-9,300,
+# 2: 9,600-9,900, 4: 9,700-9,800, 16: 8,600; compiled 1: 10,400-10,800, 2: 10,300-10,400,
+# 4: 10,100, 16: 9,300-9,700. Doubling the slice each turn of a burst (2, 4, ... 64) cost
+# 15-25% less CPU but 0.77 of direct-c against 0.84-0.88 for a fixed 2 (compiled bench,
+# the same build alternating), so the slice stays fixed.
 _WAKE_SLICE = 2
-_WAKE_SLICE_MAX = 64
 # Producer-epoch bumps with no delivery in between: the brokers keep refusing our
 # producer id (a broker that lost its state), whatever the rate of bumps.
 _STUCK_EPOCH_BUMPS = 5
@@ -100,30 +99,27 @@ def _time_up(done: asyncio.Future[None]) -> None:
 
 
 class _Wakes:
-    """Wakes the calls whose messages were all reported: `_WAKE_SLICE` in a burst's first
-    loop turn, twice as many in each next one.
+    """Wakes the calls whose messages were all reported, `_WAKE_SLICE` per loop turn.
 
     One poll(0) serves a whole produce request's reports at once: with 64 calls in
     flight, all 64 were acknowledged together, and waking them together ran all 64
     answers before the loop read again. The callers' next calls, sent as soon as the
     first answers reach them, then waited for the last answer before being produced,
-    and `linger.ms` only started after that. With the first answers woken alone, the
-    loop reads (and produces) the next calls while the rest are answered, so the next
-    batch lingers meanwhile; the rest need not trickle, and fewer turns cost less.
+    and `linger.ms` only started after that. Woken a few per turn, the loop reads (and
+    produces) between slices, so the next batch lingers while the rest are answered.
     """
 
-    __slots__ = ("_loop", "_scheduled", "_slice", "_waiting", "_woken")
+    __slots__ = ("_loop", "_scheduled", "_waiting", "_woken")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._woken = 0  # calls woken this turn
-        self._slice = _WAKE_SLICE  # calls this turn may wake
         self._scheduled = False
 
     def wake(self, done: asyncio.Future[None]) -> None:
         """Settle `done` (not settled yet) now if this turn has room, else in a later one."""
-        if self._woken < self._slice and not self._waiting:
+        if self._woken < _WAKE_SLICE and not self._waiting:
             self._woken += 1
             done.set_result(None)
         else:
@@ -136,9 +132,7 @@ class _Wakes:
         self._scheduled = False
         self._woken = 0
         waiting = self._waiting
-        # A burst still waiting: twice the last turn's slice; none: the next burst starts small.
-        self._slice = min(self._slice * 2, _WAKE_SLICE_MAX) if waiting else _WAKE_SLICE
-        while waiting and self._woken < self._slice:
+        while waiting and self._woken < _WAKE_SLICE:
             done = waiting.popleft()
             if not done.done():  # the call's deadline timer or a cancellation came first
                 self._woken += 1
