@@ -109,10 +109,10 @@ class _Wakes:
     produces) between slices, so the next batch lingers while the rest are answered.
     """
 
-    __slots__ = ("_loop", "_scheduled", "_waiting", "_woken")
+    __slots__ = ("_scheduled", "_waiting", "_woken", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._woken = 0  # calls woken this turn
         self._scheduled = False
@@ -126,7 +126,7 @@ class _Wakes:
             self._waiting.append(done)
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self._turn)
+            self.loop.call_soon(self._turn)
 
     def _turn(self) -> None:
         self._scheduled = False
@@ -139,7 +139,7 @@ class _Wakes:
                 done.set_result(None)
         if waiting or self._woken:  # the next turn counts afresh (and wakes the rest)
             self._scheduled = True
-            self._loop.call_soon(self._turn)
+            self.loop.call_soon(self._turn)
 
 
 class _Pending:
@@ -149,14 +149,13 @@ class _Pending:
 
     __slots__ = ("done", "late", "left", "results", "target", "topic", "wakes")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, wakes: _Wakes, target: str,
-                 topic: str, n: int) -> None:
+    def __init__(self, wakes: _Wakes, target: str, topic: str, n: int) -> None:
         self.wakes = wakes
         self.target = target
         self.topic = topic
         self.results = Outcomes(n)
         self.left = n
-        self.done: asyncio.Future[None] = loop.create_future()
+        self.done: asyncio.Future[None] = wakes.loop.create_future()
         self.late: dict[int, Callable[[tuple[int, int] | None], None]] | None = None
 
     def report(self, index: int, err: KafkaError | None, msg: Message) -> None:
@@ -367,7 +366,7 @@ class KafkaUpstream:
         if producer is None or loop is None or wakes is None or self._closing:
             return Outcomes.failed(count, UpstreamUnavailableError(
                 f"target {name!r}: shutting down"))
-        pending = _Pending(loop, wakes, name, topic, count)
+        pending = _Pending(wakes, name, topic, count)
         answer_at = loop.time() + time_left - min(margin, time_left / 5)
         done = pending.done
         timer = None
