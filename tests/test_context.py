@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from sidecar import context
 from sidecar.config import Identity
 from sidecar.context import build_context, require_identity
 from sidecar.errors import UnauthenticatedError
@@ -149,6 +150,24 @@ def test_request_id_is_a_new_uuid4_each_call() -> None:
     assert len(ids) == 5
     assert all(is_uuid4(i) for i in ids)
     assert "caller-chosen" not in ids
+
+
+def test_the_new_ids_of_one_call_share_no_digits_drawn() -> None:
+    # They are cut from one random draw: each must come from its own part of it.
+    for _ in range(20):
+        ctx = build_context([], TRUSTING)
+        parts = [ctx.correlation_id.replace("-", ""), ctx.request_id.replace("-", ""),
+                 ctx.trace_id, ctx.span_id]
+        assert len({p[:16] for p in parts}) == 4
+        assert is_uuid4(ctx.correlation_id) and is_uuid4(ctx.request_id)
+
+
+def test_new_trace_and_span_ids_are_never_all_zeros(monkeypatch: pytest.MonkeyPatch) -> None:
+    # W3C trace context: an all-zero trace id or span id is invalid; a draw of zeros happens.
+    monkeypatch.setattr(context, "_bits", lambda bits: 0)
+    ctx = build_context([], TRUSTING)
+    assert ctx.trace_id == "0" * 31 + "1" and ctx.span_id == "0" * 15 + "1"
+    assert is_uuid4(ctx.request_id) and is_uuid4(ctx.correlation_id)
 
 
 def test_correlation_id_is_not_forwarded_as_passthrough() -> None:
