@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
 import pytest
@@ -132,3 +133,81 @@ async def test_a_reset_after_the_callers_deadline_cancels_as_a_deadline(
         await asyncio.sleep(0.01)
         assert caller.sent == []  # nothing more goes to a reset stream
     assert reasons == [None, "deadline"]
+
+
+async def test_a_call_starts_in_the_turn_its_request_ends_and_keeps_its_context_to_itself(
+) -> None:
+    """A Publish is produced while its request is read, not after the callbacks queued
+    behind it; what the call sets in its context stays in its own, as in a Task."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="caller's")
+    seen: list[str] = []
+
+    async def answer(request: Any, context: NativeContext) -> Any:
+        seen.append("started")
+        var.set("call's")
+        await asyncio.sleep(0)  # a bare yield: the call goes on in the next turn
+        await asyncio.sleep(0.001)  # a future: when it is done
+        seen.append(var.get())
+        return sidecar_pb2.HttpResponse(status=204)
+
+    caller = FakeCaller()
+    call = NativeUnary(caller, 1, HEADERS, False, "/sidecar.v1.HttpProxy/Call",
+                       Method(sidecar_pb2.HttpRequest.FromString, answer), 1024)
+    call.caller_data(REQUEST, len(REQUEST), True)
+    assert seen == ["started"]  # before this test's coroutine gave the loop a turn
+    await asyncio.sleep(0.05)
+    assert seen == ["started", "call's"] and var.get() == "caller's"
+    assert [kind for kind, _ in caller.sent] == ["headers", "data", "trailers"]
+
+
+class _NotAFuture:
+    def __await__(self) -> Any:
+        yield 42
+
+
+async def test_a_call_that_awaits_what_is_not_a_future_is_answered_as_internal() -> None:
+    async def answer(request: Any, context: NativeContext) -> Any:
+        await _NotAFuture()
+        return sidecar_pb2.HttpResponse(status=200)
+
+    caller = FakeCaller()
+    call = NativeUnary(caller, 1, HEADERS, False, "/sidecar.v1.HttpProxy/Call",
+                       Method(sidecar_pb2.HttpRequest.FromString, answer), 1024)
+    call.caller_data(REQUEST, len(REQUEST), True)
+    await asyncio.sleep(0.05)
+    (kind, trailers), = caller.sent
+    assert kind == "trailers" and trailers[b"grpc-status"] == b"13"
+    assert b"internal error in the daemon" in trailers[b"grpc-message"]
+
+
+async def test_steps_cancel_as_a_task_does_between_steps_and_during_one() -> None:
+    """Cancelled while awaiting, the awaited future is cancelled with the reason; cancelled
+    from within a step, CancelledError reaches the coroutine at its next await."""
+    loop = asyncio.get_running_loop()
+    reasons: list[object] = []
+    steps: list[native.Steps] = []
+
+    async def waits(cancel_itself: bool) -> None:
+        await asyncio.sleep(0)  # `steps` holds this call by now
+        if cancel_itself:
+            steps[-1].cancel("from within")
+        try:
+            await loop.create_future()
+        except asyncio.CancelledError as e:
+            reasons.append(e.args[0] if e.args else None)
+            raise
+
+    steps.append(native.Steps(waits(False), loop))
+    await asyncio.sleep(0.01)
+    assert not steps[-1].done()
+    steps[-1].cancel("deadline")
+    await asyncio.sleep(0.01)
+    assert steps[-1].done()
+    steps.append(native.Steps(waits(False), loop))
+    await asyncio.sleep(0.01)
+    steps[-1].cancel("first")
+    steps[-1].cancel("second")  # before the first lands: the last reason is seen, as a Task's
+    await asyncio.sleep(0.01)
+    steps.append(native.Steps(waits(True), loop))
+    await asyncio.sleep(0.01)
+    assert all(s.done() for s in steps) and reasons == ["deadline", "second", "from within"]

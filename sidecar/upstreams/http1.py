@@ -123,8 +123,9 @@ class Http1Pool:
         while True:
             conn = self._reuse()
             if conn is None:
-                async with asyncio.timeout_at(deadline):
-                    conn = await self._connection()
+                # wait_for, not asyncio.timeout: a native call runs without a Task
+                # (services/native.py's Steps), and timeout needs the current one.
+                conn = await asyncio.wait_for(self._connection(), deadline - loop.time())
             try:
                 return await conn.exchange(head, body, max_body, method == "HEAD", deadline)
             except _Stale:
