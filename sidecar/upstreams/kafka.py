@@ -51,6 +51,7 @@ from sidecar.upstreams.kafka_config import (
 )
 from sidecar.upstreams.kafka_ledger import UNKNOWN, SpoolState
 from sidecar.upstreams.kafka_messages import (
+    NOW,
     Delivered,
     Outcome,
     Outcomes,
@@ -417,8 +418,9 @@ class KafkaUpstream:
             report = partial(pending.report, i)
             while True:
                 try:
-                    producer.produce(topic, m.value, m.key, m.partition,
-                                     on_delivery=report, headers=m.headers)
+                    # Positional (see PRODUCE_ARGUMENTS): keywords cost a dict per call.
+                    producer.produce(topic, m.value, m.key, m.partition, report, None,
+                                     NOW, m.headers)
                 except BufferError:
                     unsent = await self._room_for(producer, loop, answer_at)
                     if unsent is None:

@@ -39,7 +39,7 @@ from sidecar.errors import (
 )
 from sidecar.upstreams.kafka_config import delivery_error
 from sidecar.upstreams.kafka_ledger import DELIVERED, FAILED, SPOOLED, Final, SpoolLedger
-from sidecar.upstreams.kafka_messages import Outcomes, OutgoingMessage
+from sidecar.upstreams.kafka_messages import NOW, Outcomes, OutgoingMessage
 from sidecar.upstreams.kafka_store import SpoolStore, StoredMessage, encode_headers
 
 if TYPE_CHECKING:
@@ -380,8 +380,7 @@ def send_stored(producer: Producer | None, name: str, m: StoredMessage,
                else delivery_error(name, topic, err))
 
     try:
-        producer.produce(topic, m.value, m.key, m.partition, on_delivery=report,
-                         headers=m.headers)
+        producer.produce(topic, m.value, m.key, m.partition, report, None, NOW, m.headers)
     except BufferError:
         settle(UpstreamUnavailableError(f"target {name!r}: producer queue full"))
     except KafkaException as e:
