@@ -197,7 +197,9 @@ def _outgoing(
 
     def outgoing(m: Any, index: int | None = None) -> OutgoingMessage | SidecarError:
         key, value, own = m.key, m.value, m.headers
-        if m.HasField("partition"):
+        # From the type: `m.HasField` makes a bound method per message (a GC-tracked
+        # object; with the upb wrappers it is what set off most collections in a batch).
+        if type(m).HasField(m, "partition"):
             partition = m.partition
             if partition < 0:
                 return InvalidRequestError(f"target {name!r}: partition {partition} is negative")

@@ -407,6 +407,7 @@ class KafkaUpstream:
         poller's delivery reports to free room; what it could not take by `answer_at`
         (or once the producer is gone) is settled here as not sent."""
         name, topic = self.target.name, pending.topic
+        reports = pending.report  # one bound method for the call, not one per message
         unsent: SidecarError | None = None
         for i, m in enumerate(messages):
             if isinstance(m, SidecarError):
@@ -415,7 +416,7 @@ class KafkaUpstream:
             if unsent is not None:
                 pending.settle(i, unsent)
                 continue
-            report = partial(pending.report, i)
+            report = partial(reports, i)
             while True:
                 try:
                     # Positional (see PRODUCE_ARGUMENTS): keywords cost a dict per call.
