@@ -37,6 +37,12 @@ if TYPE_CHECKING:  # aiohttp is loaded only when admin.address is set
 log = logging.getLogger("sidecar")
 _HEALTH_REFRESH = 1.0  # seconds between target health updates
 _FORCED_FLUSH = 1.0  # seconds Kafka may still flush after a second stop signal
+# A young-generation collection after 10,000 new container objects rather than 700: a
+# PublishBatch of 500 makes thousands (upb wrappers, callbacks, header lists) and each
+# collection scanned the batch's live ones again (4% of its CPU, perf). Compiled, two
+# interleaved rounds: 6.6-6.9 -> 5.7-5.8 ms of daemon CPU per 1000 batched messages.
+# Garbage in cycles waits longer, a few MB at most; reference counting frees the rest.
+_GC_THRESHOLDS = (10_000, 10, 10)
 
 
 class Daemon:
@@ -103,6 +109,7 @@ class Daemon:
         self._watch(self.config)
         gc.collect()
         gc.freeze()  # what start-up built lives as long as the process: never scan it again
+        gc.set_threshold(*_GC_THRESHOLDS)
         self.ready = True
         self.notifier.ready()
         log.info("started", extra={"fields": {
