@@ -2,7 +2,7 @@
 
 Starts a tansu broker and the daemon (one kafka target) as separate
 processes, then, round after round, measures delivered messages per second
-for four paths against the same broker with the same librdkafka settings
+for six paths against the same broker with the same librdkafka settings
 (built by the daemon's own `producer_config`): `direct` (confluent-kafka in
 this process, a deep backlog: the library's ceiling), `direct-c` (at most
 CONCURRENCY messages unacknowledged, like CONCURRENCY waiting callers),
@@ -10,8 +10,10 @@ CONCURRENCY messages unacknowledged, like CONCURRENCY waiting callers),
 `publish-h2load` (the same calls from h2load, one connection with CONCURRENCY
 streams: a C load generator, so the load does not take the CPU it measures; it
 reads HTTP statuses only, so a call's delivery is checked by the topic's end
-offsets) and `batch` (concurrent PublishBatch calls). Prints medians across
-rounds. See bench/README.md.
+offsets) and `batch` (concurrent PublishBatch calls); `direct-h` is `direct` with the
+headers the daemon puts on a batch's messages (read off one message it sent), the floor
+of what a daemon that must add them can reach. Prints medians across rounds. See
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ from sidecar.upstreams.kafka import producer_config
 from _procs import BenchError, cpu_seconds, running, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
-PATHS = ("direct", "direct-c", "publish", "publish-h2load", "batch")
+PATHS = ("direct", "direct-h", "direct-c", "publish", "publish-h2load", "batch")
 READY_TIMEOUT = 15.0
+Headers = list[tuple[str, str | bytes | None]]
 DIRECT_BACKLOG = 50_000  # unacknowledged messages `direct` keeps queued: its ceiling
 PUBLISH = "/sidecar.v1.Publisher/Publish"
 PUBLISH_BATCH = "/sidecar.v1.Publisher/PublishBatch"
@@ -94,7 +97,7 @@ class Window:
 
 
 def run_direct(config: dict[str, object], topic: str, payload: bytes, window: Window,
-               in_flight: int) -> None:
+               in_flight: int, headers: Headers | None = None) -> None:
     """librdkafka straight from this process, at most `in_flight` messages unacknowledged."""
     producer = Producer(config)
 
@@ -107,7 +110,7 @@ def run_direct(config: dict[str, object], topic: str, payload: bytes, window: Wi
     while window.tick():
         for _ in range(in_flight - len(producer)):
             try:
-                producer.produce(topic, payload, on_delivery=delivered)
+                producer.produce(topic, payload, on_delivery=delivered, headers=headers)
             except BufferError:
                 break
         producer.poll(0.001 if len(producer) >= in_flight else 0)
@@ -172,6 +175,28 @@ def topic_size(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
+def daemon_headers(socket_path: str, topic: str, bootstrap: str) -> Headers:
+    """The headers of a message the daemon sent in a PublishBatch (its identity headers,
+    per-message request id included), as `direct-h` sends them on every message."""
+    request = sidecar_pb2.PublishBatchRequest(target="events", topic=topic,
+                                              messages=[sidecar_pb2.BatchMessage(value=b"h")])
+    with grpc.insecure_channel(f"unix:{socket_path}") as ch:
+        ch.unary_unary(PUBLISH_BATCH)(request.SerializeToString(), timeout=10)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-headers",
+                         "enable.auto.commit": False})
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])  # no group join: tansu is slow at it
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                got = message.headers() or []
+                return list(got.items()) if isinstance(got, dict) else list(got)
+        raise BenchError(f"no message of the daemon's on {topic} within 15 s")
+    finally:
+        consumer.close()
+
+
 def drive(load: Coroutine[None, None, None]) -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(load)
@@ -183,11 +208,14 @@ def batch_delivered(reply: bytes) -> int:
 
 
 def measure(path: str, args: argparse.Namespace, socket_path: str, kafka: dict[str, object],
-            topic: str, pids: dict[str, int], bootstrap: str) -> dict[str, float]:
+            topic: str, pids: dict[str, int], bootstrap: str,
+            headers: Headers) -> dict[str, float]:
     payload = b"x" * args.payload
     window = Window(args.warmup, args.seconds, pids)
     if path == "direct":
         run_direct(kafka, topic, payload, window, DIRECT_BACKLOG)
+    elif path == "direct-h":
+        run_direct(kafka, topic, payload, window, DIRECT_BACKLOG, headers)
     elif path == "direct-c":
         run_direct(kafka, topic, payload, window, args.concurrency)
     elif path == "publish":
@@ -279,13 +307,18 @@ def main() -> int:
             wait_ready(daemon, lambda: serving(socket_path), READY_TIMEOUT)
             pids = {"broker": broker.pid, "daemon": daemon.pid}
             admin = AdminClient({"bootstrap.servers": bootstrap})
+            headers: Headers = []
+            if "direct-h" in paths:
+                admin.create_topics([NewTopic("bench-headers", 1, 1)])["bench-headers"].result(10)
+                headers = daemon_headers(socket_path, "bench-headers", bootstrap)
             results: dict[str, list[dict[str, float]]] = {p: [] for p in paths}
             for round_ in range(1, args.rounds + 1):
                 for path in paths:
                     topic = f"bench-{path}-{round_}"
                     for future in admin.create_topics([NewTopic(topic, 3, 1)]).values():
                         future.result(10)
-                    sample = measure(path, args, socket_path, kafka, topic, pids, bootstrap)
+                    sample = measure(path, args, socket_path, kafka, topic, pids, bootstrap,
+                                     headers)
                     results[path].append(sample)
                     print(f"round {round_} {path}: {sample['msgs_per_s']:,.0f} msgs/s",
                           file=sys.stderr)
