@@ -75,9 +75,12 @@ _PRODUCE_SLICE = 1000  # messages a call enqueues before letting the loop run
 # in flight (h2load, calls/s; all at once: Python 7,100-7,900): Python 1: 9,000-9,300,
 # 2: 9,600-9,900, 4: 9,700-9,800, 16: 8,600; compiled 1: 10,400-10,800, 2: 10,300-10,400,
 # 4: 10,100, 16: 9,300-9,700. Doubling the slice each turn of a burst (2, 4, ... 64) cost
-# 15-25% less CPU but 0.77 of direct-c against 0.84-0.88 for a fixed 2 (compiled bench,
-# the same build alternating), so the slice stays fixed.
-_WAKE_SLICE = 2
+# 15-25% less CPU but 0.77 of direct-c against 0.84-0.88 for a fixed 2. Fixed slices
+# alternating in one bench run (compiled, 7 rounds each; bench/README.md): 2 per turn
+# 0.88 of direct-c at 93 ms CPU per 1000 calls (up to 111, over the aim of 100, in the
+# host's slow spells), 3: 0.87 at 81, 4: 0.88 at 71, 6 and 8: 0.82 at 56-66. Every turn
+# costs a write and a wake-up of the caller; from 6 on, calls miss their batch.
+_WAKE_SLICE = 4
 # Producer-epoch bumps with no delivery in between: the brokers keep refusing our
 # producer id (a broker that lost its state), whatever the rate of bumps.
 _STUCK_EPOCH_BUMPS = 5
