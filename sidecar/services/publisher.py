@@ -225,7 +225,9 @@ def _outgoing(
 
 
 def _batch_response(outcomes: Outcomes, request_id: str) -> Any:
-    """One result per message, added in place (no standalone message per result); an
+    """One result per message, added in place (no standalone message per result) and
+    set field by field: upb parses keywords to `add()` one by one, 0.44 us per result
+    against 0.34 (500 results, timeit); fields left at their defaults are not set. An
     error shared by many messages is formatted once."""
     response = sidecar_pb2.PublishBatchResponse()
     add = response.results.add
@@ -235,15 +237,16 @@ def _batch_response(outcomes: Outcomes, request_id: str) -> Any:
     for i, (partition, offset) in enumerate(zip(outcomes.partitions, outcomes.offsets,
                                                 strict=True)):
         error = errors.get(i) if errors else None
-        rid = f"{request_id}.{i}"
+        result = add()
+        result.request_id = f"{request_id}.{i}"
         if error is None:
+            result.partition = partition
+            result.offset = offset
             if spooled and i in spooled:
-                add(partition=partition, offset=offset, spooled=True, request_id=rid)
-            else:  # fields left at their defaults are not passed: upb parses each keyword
-                add(partition=partition, offset=offset, request_id=rid)
+                result.spooled = True
         else:
             text = texts.get(error)
             if text is None:
                 text = texts[error] = f"{error.grpc_status.name}: {error}"
-            add(error=text, request_id=rid)
+            result.error = text
     return response

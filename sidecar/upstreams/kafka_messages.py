@@ -41,6 +41,8 @@ PRODUCE_ARGUMENTS = ("topic", "value", "key", "partition", "callback", "on_deliv
                      "timestamp", "headers")  # callback and on_delivery: the same, either
 NOW = 0  # the timestamp argument that means "stamp it now" (librdkafka's default)
 _UNSET = -(2**63)  # no offset yet (librdkafka's own "no offset" values are small negatives)
+_NO_PARTITIONS = array("i", [0])
+_NO_OFFSETS = array("q", [_UNSET])
 
 
 class Outcomes:
@@ -54,8 +56,8 @@ class Outcomes:
                  "unacked")
 
     def __init__(self, n: int) -> None:
-        self.partitions = array("i", bytes(4 * n))
-        self.offsets = array("q", [_UNSET]) * n
+        self.partitions = _NO_PARTITIONS * n  # repeating a one-item array: 0.18 us against
+        self.offsets = _NO_OFFSETS * n  # 0.5 for building both from bytes and lists (n = 1)
         self.errors: dict[int, SidecarError] = {}
         self.delivered = self.delivered_bytes = 0
         self.spooled: set[int] = set()
