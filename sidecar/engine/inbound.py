@@ -42,21 +42,27 @@ class Inbound(Control):
         if self._state is CLOSED:
             return []
         data = chunk if isinstance(chunk, bytes) else bytes(chunk)
-        if self._tail_size:
-            self._tail.append(data)
-            self._tail_size += len(data)
-            if self._tail_size < self._tail_need:
-                return []
-            data = b"".join(self._tail)
-            self._tail = []
-            self._tail_size = 0
         events: list[Event] = []
         try:
             if self._state is AWAIT_PREFACE:
                 data = self._receive_preface(data)
                 if self._state is AWAIT_PREFACE:
                     return events
-            self._receive_frames(data, events)
+            position = 0
+            while self._tail_size:  # a frame (or its header) began in an earlier chunk
+                need = self._tail_need - self._tail_size
+                if len(data) - position < need:
+                    self._tail.append(data[position:] if position else data)
+                    self._tail_size += len(data) - position
+                    return events
+                # Only what completes it is joined: joining the whole chunk copied every
+                # byte of it (7% of a 1 MiB stream's CPU, perf), not just the split frame.
+                joined = b"".join([*self._tail, data[position:position + need]])
+                position += need
+                self._tail = []
+                self._tail_size = 0
+                self._receive_frames(joined, 0, events)  # may leave a header's frame as tail
+            self._receive_frames(data, position, events)
         except ConnectionViolation as exc:
             self._terminate(exc.error_code, exc.reason, events)
         return events
@@ -71,10 +77,10 @@ class Inbound(Control):
             self._advance(ConnectionInput.RECV_PREFACE)
         return data[size:]
 
-    def _receive_frames(self, data: bytes, events: list[Event]) -> None:
+    def _receive_frames(self, data: bytes, position: int, events: list[Event]) -> None:
+        """The frames of `data` from `position` on; a partial one at the end is kept."""
         view = memoryview(data)
         end = len(data)
-        position = 0
         max_frame = self._max_frame_in
         dispatch = _DISPATCH
         while end - position >= 9:

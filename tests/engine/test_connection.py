@@ -145,6 +145,28 @@ def test_frames_split_byte_by_byte_are_reassembled() -> None:
     assert bytes(events[1].data) == MESSAGE
 
 
+def test_a_read_that_completes_a_split_frame_is_parsed_in_place() -> None:
+    """Wherever two reads split the frames, the same events come out; the frames after the
+    one completed are read from the second chunk itself (their data a view of it), not
+    from a copy of the chunk joined to what came before."""
+    peer = Peer()
+    wire = (peer.headers(1, REQUEST) + data(1, MESSAGE) + data(1, MESSAGE[::-1])
+            + data(1, MESSAGE, end_stream=True))
+    whole = server().receive(wire)
+    expected = [(type(e), bytes(e.data) if isinstance(e, DataReceived) else None)
+                for e in whole]
+    last_start = len(wire) - (9 + len(MESSAGE))
+    for cut in range(1, len(wire)):
+        conn = server()
+        first, second = wire[:cut], wire[cut:]
+        events = conn.receive(first) + conn.receive(second)
+        got = [(type(e), bytes(e.data) if isinstance(e, DataReceived) else None)
+               for e in events]
+        assert got == expected, cut
+        if cut < last_start:  # the last DATA frame lies whole in the second chunk
+            assert events[-1].data.obj is second, cut
+
+
 def test_several_frames_in_one_read_are_all_processed() -> None:
     conn, peer = server(), Peer()
     wire = b"".join(peer.headers(i, REQUEST, end_stream=True) for i in (1, 3, 5))
