@@ -38,7 +38,14 @@ from sidecar.engine.endpoints import Endpoint, EndpointPolicy, candidates, merge
 from sidecar.engine.limits import EngineLimits
 from sidecar.errors import UpstreamConnectError, UpstreamUnavailableError
 
-UPSTREAM_LIMITS = EngineLimits(max_concurrent_streams=0)  # we accept no pushed streams
+# Upstreams may send frames of up to 64 KiB (the listeners keep 16 KiB, the protocol's
+# default): a quarter of the frames to parse per byte relayed. Streaming 1 MiB messages
+# from a grpc.aio upstream, six alternating pairs: 534 ms of CPU per 1000 MiB against 679,
+# 1,278 MB/s against 1,142 (1 MiB frames gained no more, and every frame over a read's
+# size is joined from its pieces). A caller still gets frames of the size it allows.
+UPSTREAM_MAX_FRAME = 64 * 1024
+UPSTREAM_LIMITS = EngineLimits(max_concurrent_streams=0,  # we accept no pushed streams
+                               max_frame_size=UPSTREAM_MAX_FRAME)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,10 +22,13 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import Daemon, Upstream, basic_config, eventually, free_port
+from tests.engine.wire import RESPONSE, TRAILERS, Peer, data
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 PING, PING_ACK = 6, 1
+HEADERS_TYPE, SETTINGS_TYPE, SETTINGS_ACK, MAX_FRAME_SIZE = 1, 4, 1, 5
+SETTINGS_ACK_FRAME = b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
 
 
 class TcpEcho:
@@ -99,8 +102,9 @@ class RawServer:
             thread.join(5)
 
 
-def read_frames(conn: socket.socket) -> Iterator[tuple[int, int, bytes]]:
-    """(type, flags, payload) of each frame a client sends, after its preface; ends at EOF."""
+def read_frames(conn: socket.socket) -> Iterator[tuple[int, int, int, bytes]]:
+    """(type, flags, stream id, payload) of each frame a client sends, after its preface;
+    ends at EOF."""
     buf = b""
 
     def need(n: int) -> bytes | None:
@@ -123,7 +127,7 @@ def read_frames(conn: socket.socket) -> Iterator[tuple[int, int, bytes]]:
         payload = need(length) if length else b""
         if payload is None:
             return
-        yield header[3], header[4], payload
+        yield header[3], header[4], int.from_bytes(header[5:], "big") & 0x7FFF_FFFF, payload
 
 
 def _target_config(short_dir: Path, target: dict[str, Any], admin: int | None = None,
@@ -233,6 +237,38 @@ def test_tls_peer_that_does_not_choose_h2_is_refused_with_a_clear_error(
 # ---- keepalive ----------------------------------------------------------------------------
 
 
+def test_an_upstream_may_send_64_kib_frames_and_the_caller_gets_them_in_its_own_size(
+    daemon_factory: Callable[..., Daemon], short_dir: Path
+) -> None:
+    """Upstream connections advertise SETTINGS_MAX_FRAME_SIZE 64 KiB (fewer frames to parse
+    per byte relayed); the answer's one 64 KiB DATA frame reaches a grpc caller whole."""
+    advertised: list[int] = []
+    body = bytes(range(256)) * 255 + b"tail"  # 65,284 bytes: a message of one 64 KiB frame
+    message = b"\x00" + struct.pack(">I", len(body)) + body
+    assert len(message) > 16_384 and len(message) <= 65_536
+
+    def serve(conn: socket.socket) -> None:
+        peer = Peer()
+        conn.sendall(SETTINGS)
+        for kind, flags, stream_id, payload in read_frames(conn):
+            if kind == SETTINGS_TYPE and not flags & SETTINGS_ACK:
+                advertised.extend(value for setting, value in struct.iter_unpack(">HI", payload)
+                                  if setting == MAX_FRAME_SIZE)
+                conn.sendall(SETTINGS_ACK_FRAME)
+            elif kind == HEADERS_TYPE:
+                conn.sendall(peer.headers(stream_id, RESPONSE) + data(stream_id, message)
+                             + peer.headers(stream_id, TRAILERS, end_stream=True))
+
+    server = RawServer(serve)
+    try:
+        d = daemon_factory(_target_config(short_dir, {"address": f"127.0.0.1:{server.port}"}))
+        with d.channel() as ch:
+            assert ch.unary_unary("/test.Echo/Unary")(b"x", timeout=10) == body
+        assert advertised == [65_536]
+    finally:
+        server.stop()
+
+
 def test_idle_connection_is_pinged_and_kept_while_the_upstream_answers(
     daemon_factory: Callable[..., Daemon], short_dir: Path
 ) -> None:
@@ -240,7 +276,7 @@ def test_idle_connection_is_pinged_and_kept_while_the_upstream_answers(
 
     def serve(conn: socket.socket) -> None:
         conn.sendall(SETTINGS)
-        for kind, flags, payload in read_frames(conn):
+        for kind, flags, _, payload in read_frames(conn):
             if kind == PING and not flags & PING_ACK:
                 pings.append(payload)
                 conn.sendall(struct.pack(">I", 8)[1:] + bytes([PING, PING_ACK]) + b"\0" * 4
