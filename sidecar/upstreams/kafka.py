@@ -81,6 +81,11 @@ _PRODUCE_SLICE = 1000  # messages a call enqueues before letting the loop run
 # host's slow spells), 3: 0.87 at 81, 4: 0.88 at 71, 6 and 8: 0.82 at 56-66. Every turn
 # costs a write and a wake-up of the caller; from 6 on, calls miss their batch.
 _WAKE_SLICE = 4
+# ... and in the first turn of a burst: one, so the first answer goes out before three more
+# are built, and the first next call, whose produce() starts `linger.ms` for the batch, comes
+# sooner. Nine alternating runs each: 0.90 of direct-c (0.87-0.92) against 0.86 (0.82-0.91)
+# for four, at the same CPU (70 against 75 ms per 1000 calls); two in the first turn: 0.90.
+_FIRST_SLICE = 1
 # Producer-epoch bumps with no delivery in between: the brokers keep refusing our
 # producer id (a broker that lost its state), whatever the rate of bumps.
 _STUCK_EPOCH_BUMPS = 5
@@ -103,7 +108,8 @@ def _time_up(done: asyncio.Future[None]) -> None:
 
 
 class _Wakes:
-    """Wakes the calls whose messages were all reported, `_WAKE_SLICE` per loop turn.
+    """Wakes the calls whose messages were all reported, `_WAKE_SLICE` per loop turn
+    (`_FIRST_SLICE` in a burst's first turn).
 
     One poll(0) serves a whole produce request's reports at once: with 64 calls in
     flight, all 64 were acknowledged together, and waking them together ran all 64
@@ -113,17 +119,21 @@ class _Wakes:
     produces) between slices, so the next batch lingers while the rest are answered.
     """
 
-    __slots__ = ("_scheduled", "_waiting", "_woken", "loop")
+    __slots__ = ("_limit", "_scheduled", "_waiting", "_woken", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._woken = 0  # calls woken this turn
+        self._limit = _FIRST_SLICE  # ... and how many it may wake
         self._scheduled = False
 
     def wake(self, done: asyncio.Future[None]) -> None:
-        """Settle `done` (not settled yet) now if this turn has room, else in a later one."""
-        if self._woken < _WAKE_SLICE and not self._waiting:
+        """Settle `done` (not settled yet) now if this turn has room, else in a later one.
+        The first report since the last turn may begin a burst: its turn wakes fewer."""
+        if not self._scheduled:
+            self._limit = _FIRST_SLICE
+        if self._woken < self._limit and not self._waiting:
             self._woken += 1
             done.set_result(None)
         else:
@@ -135,6 +145,7 @@ class _Wakes:
     def _turn(self) -> None:
         self._scheduled = False
         self._woken = 0
+        self._limit = _WAKE_SLICE
         waiting = self._waiting
         while waiting and self._woken < _WAKE_SLICE:
             done = waiting.popleft()
