@@ -83,8 +83,9 @@ _PRODUCE_SLICE = 1000  # messages a call enqueues before letting the loop run
 _WAKE_SLICE = 4
 # ... and in the first turn of a burst: one, so the first answer goes out before three more
 # are built, and the first next call, whose produce() starts `linger.ms` for the batch, comes
-# sooner. Nine alternating runs each: 0.90 of direct-c (0.87-0.92) against 0.86 (0.82-0.91)
-# for four, at the same CPU (70 against 75 ms per 1000 calls); two in the first turn: 0.90.
+# sooner. Fourteen alternating runs each: 0.895 of direct-c (0.86-0.92) against 0.875
+# (0.82-0.91) for four, one ahead in 9 of the 14 pairs, at the same CPU (about 71 against
+# 75 ms per 1000 calls); two in the first turn: 0.90 in 4 runs.
 _FIRST_SLICE = 1
 # Producer-epoch bumps with no delivery in between: the brokers keep refusing our
 # producer id (a broker that lost its state), whatever the rate of bumps.
