@@ -84,7 +84,7 @@ _WAKE_SLICE = 4
 # ... and in the first turn of a burst: one, so the first answer goes out before three more
 # are built, and the first next call, whose produce() starts `linger.ms` for the batch, comes
 # sooner. Fourteen alternating runs each: 0.895 of direct-c (0.86-0.92) against 0.875
-# (0.82-0.91) for four, one ahead in 9 of the 14 pairs, at the same CPU (about 71 against
+# (0.82-0.91) for four, one ahead in 9 of the 14 pairs, at the same CPU (about 72 against
 # 75 ms per 1000 calls); two in the first turn: 0.90 in 4 runs.
 _FIRST_SLICE = 1
 # Producer-epoch bumps with no delivery in between: the brokers keep refusing our
