@@ -120,21 +120,20 @@ class _Wakes:
     produces) between slices, so the next batch lingers while the rest are answered.
     """
 
-    __slots__ = ("_limit", "_scheduled", "_waiting", "_woken", "loop")
+    __slots__ = ("_scheduled", "_waiting", "_woken", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._waiting: deque[asyncio.Future[None]] = deque()
-        self._woken = 0  # calls woken this turn
-        self._limit = _FIRST_SLICE  # ... and how many it may wake
+        self._woken = 0  # calls woken this turn (a burst's first turn starts part-used)
         self._scheduled = False
 
     def wake(self, done: asyncio.Future[None]) -> None:
         """Settle `done` (not settled yet) now if this turn has room, else in a later one.
         The first report since the last turn may begin a burst: its turn wakes fewer."""
-        if not self._scheduled:
-            self._limit = _FIRST_SLICE
-        if self._woken < self._limit and not self._waiting:
+        if not self._scheduled:  # no turn pending, so none woke a call since the last
+            self._woken = _WAKE_SLICE - _FIRST_SLICE
+        if self._woken < _WAKE_SLICE and not self._waiting:
             self._woken += 1
             done.set_result(None)
         else:
@@ -146,7 +145,6 @@ class _Wakes:
     def _turn(self) -> None:
         self._scheduled = False
         self._woken = 0
-        self._limit = _WAKE_SLICE
         waiting = self._waiting
         while waiting and self._woken < _WAKE_SLICE:
             done = waiting.popleft()
