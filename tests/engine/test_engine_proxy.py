@@ -81,22 +81,27 @@ def test_upstream_down_then_up_is_retried(
 ) -> None:
     socket_path = str(short_dir / "late.sock")
     config = frames_config(short_dir, None)
+    # Ten attempts 0-400 ms apart (full jitter) and redials at most 100 ms apart: the
+    # second call's attempts outlast the upstream's start-up whatever the jitter draws
+    # (five attempts could all fall inside it, and the redial backoff, growing with
+    # every failure of the first call, could outlast the call).
     config["targets"] = {"late": {"kind": "grpc", "address": f"unix://{socket_path}",
                                   "breaker": {"failures": 100},
-                                  "retry": {"attempts": 5, "backoff": {"base": "200ms",
-                                                                       "max": "400ms"}}}}
+                                  "pool": {"reconnect": {"base": "50ms", "max": "100ms"}},
+                                  "retry": {"attempts": 10, "backoff": {"base": "200ms",
+                                                                        "max": "400ms"}}}}
     config["listeners"][0]["default_target"] = "late"
     d = daemon_factory(config)
     with d.channel() as ch:
         with pytest.raises(grpc.RpcError) as err:
-            ch.unary_unary("/test.Echo/Unary")(b"x", timeout=2)
+            ch.unary_unary("/test.Echo/Unary")(b"x", timeout=1)
         assert err.value.code() is grpc.StatusCode.UNAVAILABLE
         assert "'late'" in err.value.details()
         started: list[Upstream] = []
         timer = threading.Timer(0.3, lambda: started.append(start_upstream(socket_path)))
         timer.start()  # the upstream comes up while the next call is being retried
         try:
-            assert ch.unary_unary("/test.Echo/Unary")(b"back", timeout=5) == b"back"
+            assert ch.unary_unary("/test.Echo/Unary")(b"back", timeout=8) == b"back"
         finally:
             timer.join()
             started[0].stop()
