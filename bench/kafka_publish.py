@@ -10,10 +10,11 @@ CONCURRENCY messages unacknowledged, like CONCURRENCY waiting callers),
 `publish-h2load` (the same calls from h2load, one connection with CONCURRENCY
 streams: a C load generator, so the load does not take the CPU it measures; it
 reads HTTP statuses only, so a call's delivery is checked by the topic's end
-offsets) and `batch` (concurrent PublishBatch calls); `direct-h` is `direct` with the
-headers the daemon puts on a batch's messages (read off one message it sent), the floor
-of what a daemon that must add them can reach. Prints medians across rounds. See
-bench/README.md.
+offsets) and `batch` (concurrent PublishBatch calls); `direct-h` and `direct-ch` are
+`direct` and `direct-c` with the headers the daemon puts on every message (read off one it
+sent), the floor of what a daemon that must add them can reach: the column "vs like"
+compares `batch` with `direct-h` and the Publish paths with `direct-ch`. Prints medians
+across rounds. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ from sidecar.upstreams.kafka import producer_config
 from _procs import BenchError, cpu_seconds, running, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
-PATHS = ("direct", "direct-h", "direct-c", "publish", "publish-h2load", "batch")
+PATHS = ("direct", "direct-h", "direct-c", "direct-ch", "publish", "publish-h2load", "batch")
+# The direct path with the daemon's headers that each daemon path is like for like with.
+LIKE = {"publish": "direct-ch", "publish-h2load": "direct-ch", "batch": "direct-h"}
 READY_TIMEOUT = 15.0
 Headers = list[tuple[str, str | bytes | None]]
 DIRECT_BACKLOG = 50_000  # unacknowledged messages `direct` keeps queued: its ceiling
@@ -218,6 +221,8 @@ def measure(path: str, args: argparse.Namespace, socket_path: str, kafka: dict[s
         run_direct(kafka, topic, payload, window, DIRECT_BACKLOG, headers)
     elif path == "direct-c":
         run_direct(kafka, topic, payload, window, args.concurrency)
+    elif path == "direct-ch":
+        run_direct(kafka, topic, payload, window, args.concurrency, headers)
     elif path == "publish":
         request = sidecar_pb2.PublishRequest(target="events", topic=topic, value=payload)
         drive(run_calls(socket_path, PUBLISH, request.SerializeToString(),
@@ -259,14 +264,20 @@ def free_port() -> int:
 
 
 def report(results: dict[str, list[dict[str, float]]]) -> str:
-    direct = statistics.median(r["msgs_per_s"] for r in results["direct"])
-    lines = ["| path | msgs/s | vs direct | daemon CPU ms/1k msgs | broker CPU ms/1k msgs "
-             "| load CPU ms/1k msgs | errors |", "|---" * 7 + "|"]
+    rates = {path: statistics.median(r["msgs_per_s"] for r in samples)
+             for path, samples in results.items()}
+    direct = rates["direct"]
+    lines = ["| path | msgs/s | vs direct | vs like | daemon CPU ms/1k msgs "
+             "| broker CPU ms/1k msgs | load CPU ms/1k msgs | errors |", "|---" * 8 + "|"]
     for path, samples in results.items():
         med = {key: statistics.median(s.get(key, 0.0) for s in samples) for key in samples[0]}
         daemon = "-" if path.startswith("direct") else f"{med['daemon_cpu_ms_per_1k']:.1f}"
+        like = LIKE.get(path)
+        versus = (f"{med['msgs_per_s'] / rates[like]:.2f} ({like})" if like in rates
+                  else "-")
         lines.append(
-            f"| {path} | {med['msgs_per_s']:,.0f} | {med['msgs_per_s'] / direct:.2f} | {daemon} "
+            f"| {path} | {med['msgs_per_s']:,.0f} | {med['msgs_per_s'] / direct:.2f} "
+            f"| {versus} | {daemon} "
             f"| {med['broker_cpu_ms_per_1k']:.1f} | {med['load_cpu_ms_per_1k']:.1f} "
             f"| {sum(int(s['errors']) for s in samples)} |")
     return "\n".join(lines)
@@ -308,7 +319,7 @@ def main() -> int:
             pids = {"broker": broker.pid, "daemon": daemon.pid}
             admin = AdminClient({"bootstrap.servers": bootstrap})
             headers: Headers = []
-            if "direct-h" in paths:
+            if "direct-h" in paths or "direct-ch" in paths:
                 admin.create_topics([NewTopic("bench-headers", 1, 1)])["bench-headers"].result(10)
                 headers = daemon_headers(socket_path, "bench-headers", bootstrap)
             results: dict[str, list[dict[str, float]]] = {p: [] for p in paths}
