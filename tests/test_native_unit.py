@@ -26,8 +26,9 @@ class FakeCaller:
     def acknowledge(self, stream_id: int, length: int) -> None:
         self.acknowledged += length
 
-    def send_headers(self, stream_id: int, headers: Any, end_stream: bool = False) -> None:
-        self.sent.append(("headers", headers))
+    def send_headers(self, stream_id: int, headers: Any, end_stream: bool = False,
+                     unique: Any = ()) -> None:
+        self.sent.append(("headers", [*headers, *unique]))  # as the wire has them
 
     def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool) -> None:
         self.sent.append(("data", bytes(data)))

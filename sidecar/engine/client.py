@@ -11,7 +11,7 @@ read nothing for that long is sent a PING, and one whose PING goes unanswered fo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sidecar.engine.connection import H2Connection
@@ -89,10 +89,12 @@ class UpstreamConnection(H2Protocol):
         self._heard = True
         super().data_received(data)
 
-    def open(self, handler: UpstreamStream, headers: Headers, end_stream: bool) -> int:
-        """Start a stream (check `usable` first); its events go to `handler`."""
+    def open(self, handler: UpstreamStream, headers: Sequence[tuple[bytes, bytes]],
+             end_stream: bool, unique: Sequence[tuple[bytes, bytes]] = ()) -> int:
+        """Start a stream (check `usable` first); its events go to `handler`. `unique`:
+        request fields new with every call (ids), sent after `headers` (hpack.py)."""
         stream_id = self.h2.next_stream_id()
-        self.h2.send_headers(stream_id, headers, end_stream)
+        self.h2.send_headers(stream_id, headers, end_stream, unique=unique)
         self.streams[stream_id] = handler
         if self.endpoint is not None:
             self.endpoint.streams += 1

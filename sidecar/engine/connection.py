@@ -172,11 +172,13 @@ class H2Connection(Inbound):
         headers: Iterable[tuple[bytes, bytes]],
         end_stream: bool = False,
         never_indexed: Collection[bytes] = (),
+        unique: Iterable[tuple[bytes, bytes]] = (),
     ) -> None:
         """Send a header block (request, response or trailers); a client's new id opens a stream.
 
         Our own headers are not validated; names in `never_indexed` (and authorization) are
-        encoded never-indexed. The block is split into CONTINUATION frames by the peer's
+        encoded never-indexed; `unique` fields follow `headers`, as literals kept out of the
+        HPACK table (hpack.py). The block is split into CONTINUATION frames by the peer's
         MAX_FRAME_SIZE.
         """
         self._check_open()
@@ -185,7 +187,7 @@ class H2Connection(Inbound):
             self._check_new_local(stream_id)
         elif (stream.state, SEND_HEADERS) not in TRANSITIONS:
             raise StreamStateError(f"stream {stream_id} cannot send headers in {stream.state.name}")
-        block = self._codec.encode(headers, never_indexed)
+        block = self._codec.encode(headers, never_indexed, unique)
         if stream is None:
             stream = self._open_local(stream_id)
         self._out.extend(header_block_frames(stream_id, block, end_stream, self._peer_max_frame))

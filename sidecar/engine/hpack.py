@@ -4,6 +4,15 @@ jh2's decoder panics (a BaseException, with a Rust backtrace on stderr) instead 
 HPACKError when a block ends inside an integer or before a string, so every block is first
 checked to end on a representation boundary; a block of one-byte indexed fields (the steady
 state of gRPC response headers and trailers) passes that check in one C call.
+
+Encoding, a block may come in two parts: fields the same from call to call, and fields
+`unique` to the call (ids, a trace context, the time left), which a table entry would never
+serve again, and would evict what does. The unique ones are written here as literals
+without indexing; the others go through jh2's encoder, and their block, once it leaves the
+table as it was (all indexed: the steady state), is remembered and sent again with no call
+into jh2 until the table changes. Every block jh2 encodes is checked for changes to the
+table (the same one-call test as decoding, else `scan`), so a remembered block is never
+one the peer's table would read differently.
 """
 
 from __future__ import annotations
@@ -32,6 +41,9 @@ HUFFMAN = False
 
 # Bytes 0x80-0xFE are each a complete indexed field (0xFF starts a multi-byte index).
 _ONE_BYTE_INDEXED = bytes(range(0x80, 0xFF))
+# Remembered fixed parts per connection: one per distinct set of fixed fields (a method and
+# its metadata); all forgotten when there are more (a caller whose metadata varies).
+MAX_REMEMBERED = 64
 
 Field = tuple[bytes, bytes, bool]
 
@@ -39,7 +51,7 @@ Field = tuple[bytes, bytes, bool]
 class HeaderCodec:
     """HPACK encoder and decoder of one connection."""
 
-    __slots__ = ("_decoder", "_encoder", "_max_table", "generation")
+    __slots__ = ("_blocks", "_decoder", "_encoder", "_max_table", "_table", "generation")
 
     def __init__(self, max_header_list_size: int, max_encoder_table_size: int) -> None:
         self.generation = 0
@@ -47,6 +59,8 @@ class HeaderCodec:
         that does not change it decodes to what it did before while this stays the same."""
         self._decoder = Decoder(max_header_list_size=max_header_list_size)
         self._encoder = Encoder()
+        self._table = 0  # the same for the encoder's table: bumped by each block changing it
+        self._blocks: dict[tuple[tuple[bytes, bytes], ...], tuple[int, bytes]] = {}
         self._max_table = max_encoder_table_size
         if max_encoder_table_size < self._encoder.header_table_size:
             self._encoder.header_table_size = max_encoder_table_size
@@ -73,14 +87,37 @@ class HeaderCodec:
             raise ConnectionViolation(ErrorCode.COMPRESSION_ERROR, "invalid header block") from None
 
     def encode(
-        self, headers: Iterable[tuple[bytes, bytes]], never_indexed: Collection[bytes] = ()
+        self, headers: Iterable[tuple[bytes, bytes]], never_indexed: Collection[bytes] = (),
+        unique: Iterable[tuple[bytes, bytes]] = (),
     ) -> bytes:
-        """One header block; names in `never_indexed` or SENSITIVE are sent never-indexed."""
+        """One header block: `headers`, then the `unique` fields as literals without indexing
+        (never-indexed if SENSITIVE); names in `never_indexed` or SENSITIVE are sent
+        never-indexed. With `unique` fields, the block of `headers` may be a remembered one."""
+        if not unique:
+            return self._encode(headers, never_indexed)
+        key = headers if isinstance(headers, tuple) else tuple(headers)
+        blocks = self._blocks
+        known = blocks.get(key)
+        if known is not None and known[0] == self._table:
+            block = known[1]
+        else:
+            table = self._table
+            block = self._encode(key, never_indexed)
+            if self._table == table and not never_indexed:  # the same block next time
+                if len(blocks) >= MAX_REMEMBERED:
+                    blocks.clear()
+                blocks[key] = (table, block)
+        return block + b"".join([literal(n, v, n in SENSITIVE) for n, v in unique])
+
+    def _encode(self, headers: Iterable[tuple[bytes, bytes]],
+                never_indexed: Collection[bytes]) -> bytes:
         if never_indexed:
             fields = [(n, v, n in SENSITIVE or n in never_indexed) for n, v in headers]
         else:
             fields = [(n, v, n in SENSITIVE) for n, v in headers]
         block: bytes = self._encoder.encode(fields, huffman=HUFFMAN)
+        if block.translate(None, _ONE_BYTE_INDEXED) and scan(block):
+            self._table += 1  # remembered blocks may now read differently
         return block
 
     def set_peer_table_size(self, size: int) -> None:
@@ -88,6 +125,27 @@ class HeaderCodec:
         size = min(size, self._max_table)
         if size != self._encoder.header_table_size:
             self._encoder.header_table_size = size
+            self._table += 1  # entries may be evicted, and the next block starts with the size
+
+
+def literal(name: bytes, value: bytes, never_indexed: bool = False) -> bytes:
+    """A literal field without indexing (RFC 7541 section 6.2.2) or never indexed (6.2.3),
+    new name, no Huffman coding."""
+    return b"".join((b"\x10" if never_indexed else b"\x00", _length(len(name)), name,
+                     _length(len(value)), value))
+
+
+def _length(n: int) -> bytes:
+    """A string length: an integer with a 7-bit prefix, H = 0 (RFC 7541 section 5.1)."""
+    if n < 0x7F:
+        return bytes((n,))
+    out = bytearray((0x7F,))
+    n -= 0x7F
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def scan(block: bytes) -> bool | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from sidecar.engine.connection import H2Connection
@@ -117,9 +118,10 @@ class H2Protocol(asyncio.Protocol):
         else:
             conn.acknowledge(stream_id, length)
 
-    def send_headers(self, stream_id: int, headers: Headers, end_stream: bool = False) -> None:
+    def send_headers(self, stream_id: int, headers: Headers, end_stream: bool = False,
+                     unique: Sequence[tuple[bytes, bytes]] = ()) -> None:
         try:
-            self.h2.send_headers(stream_id, headers, end_stream)
+            self.h2.send_headers(stream_id, headers, end_stream, unique=unique)
         except EngineError:
             return
         self.flush_soon()

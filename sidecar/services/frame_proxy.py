@@ -124,6 +124,7 @@ class ProxiedCall:
         "_trace_at",
         "_trailers",
         "_trial",
+        "_unique",
         "_up",
         "_up_sid",
     )
@@ -158,7 +159,8 @@ class ProxiedCall:
         self._code = StatusCode.UNKNOWN
         self._details = ""
         self._error: SidecarError | None = None
-        self._request: Headers = []
+        self._request: tuple[tuple[bytes, bytes], ...] = ()
+        self._unique: Headers = []
         self._trace_at = 0
         self._target_name: str | None = None
         self._method = method = path.decode("latin-1")
@@ -203,20 +205,29 @@ class ProxiedCall:
 
     def _build_request(self, method: str, pool: UpstreamPool, transport: Headers,
                        ctx: CallContext, target: GrpcTarget) -> None:
-        """The upstream request headers, once per call; attempts fill in their own
-        traceparent and grpc-timeout."""
+        """The upstream request headers, once per call: those the same from call to call,
+        and those unique to it (ids, trace context, time left: kept out of the HPACK table),
+        where attempts fill in their own traceparent and grpc-timeout."""
         request: Headers = [
             (b":method", b"POST"), (b":scheme", b"http"), (b":path", method.encode("latin-1")),
             (b":authority", pool.authority), (b"te", b"trailers"), *transport,
         ]
         if not any(name == b"content-type" for name, _ in transport):
             request.append((b"content-type", b"application/grpc"))
+        names = target.metadata
+        unique_names = (names.correlation_id, names.request_id, "traceparent", "tracestate",
+                        "authorization")
+        unique: Headers = []
         for key, value in upstream_metadata(ctx, target):
-            if key == "traceparent":
-                self._trace_at = len(request)
-            request.append((key.encode("latin-1"), _encode(value)))
-        request.append((b"grpc-timeout", b""))
-        self._request = request
+            if key in unique_names:
+                if key == "traceparent":
+                    self._trace_at = len(unique)
+                unique.append((key.encode("latin-1"), _encode(value)))
+            else:
+                request.append((key.encode("latin-1"), _encode(value)))
+        unique.append((b"grpc-timeout", b""))
+        self._request = tuple(request)
+        self._unique = unique
 
     def _next_attempt(self) -> None:
         """Start one upstream try: at once on a ready connection, else in a task that
@@ -266,13 +277,14 @@ class ProxiedCall:
                            traceparent)
 
     def _open(self, conn: UpstreamConnection, time_left: float, traceparent: str) -> None:
-        request = self._request.copy()
-        request[self._trace_at] = (b"traceparent", traceparent.encode())
-        request[-1] = (b"grpc-timeout", _grpc_timeout(max(time_left, 0.0)))
+        unique = self._unique.copy()
+        unique[self._trace_at] = (b"traceparent", traceparent.encode())
+        unique[-1] = (b"grpc-timeout", _grpc_timeout(max(time_left, 0.0)))
         chunks = self._chunks
         self._up = conn
         self._timer = self._conn.loop.call_later(time_left, self._expire)
-        sid = self._up_sid = conn.open(self, request, self._req_ended and not chunks)
+        sid = self._up_sid = conn.open(self, self._request, self._req_ended and not chunks,
+                                       unique)
         if chunks:
             lengths = self._lengths
             last = len(chunks) - 1
@@ -401,13 +413,13 @@ class ProxiedCall:
             raise self._error
         if not self._committed:
             conn, sid = self._conn, self._sid
-            correlation = (_CORRELATION, self._ctx.correlation_id.encode())
+            correlation = [(_CORRELATION, self._ctx.correlation_id.encode())]
             if self._response is not None:
-                conn.send_headers(sid, _with_correlation(self._response, correlation))
+                conn.send_headers(sid, _without_correlation(self._response), False, correlation)
                 if self._trailers is not None:
                     conn.send_trailers(sid, self._trailers)
             elif self._trailers is not None:  # trailers-only
-                conn.send_headers(sid, _with_correlation(self._trailers, correlation), True)
+                conn.send_headers(sid, _without_correlation(self._trailers), True, correlation)
             self._headers_sent = True
         return self._code
 
@@ -512,8 +524,9 @@ class ProxiedCall:
             self._headers_sent = True
             self._replayable = False
             self._release_request()
-            correlation = (_CORRELATION, self._ctx.correlation_id.encode())
-            conn.send_headers(self._sid, _with_correlation(self._response or [], correlation))
+            correlation = [(_CORRELATION, self._ctx.correlation_id.encode())]
+            conn.send_headers(self._sid, _without_correlation(self._response or []), False,
+                              correlation)
         conn.send_data(self._sid, data, False, self._up, self._up_sid, length)
         if end_stream:  # DATA ending the stream: the upstream sent no status
             self._up = None
@@ -631,7 +644,6 @@ def _encode(value: str | bytes) -> bytes:
         return value.encode()
 
 
-def _with_correlation(headers: Headers, correlation: tuple[bytes, bytes]) -> Headers:
-    out = [kv for kv in headers if kv[0] != _CORRELATION]
-    out.append(correlation)
-    return out
+def _without_correlation(headers: Headers) -> Headers:
+    """The upstream's headers without its correlation-id: the caller gets the call's."""
+    return [kv for kv in headers if kv[0] != _CORRELATION]

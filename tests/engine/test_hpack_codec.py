@@ -199,3 +199,94 @@ def test_a_remembered_block_is_not_reused_after_the_table_was_emptied() -> None:
               for i, block in enumerate(blocks)]
     assert [type(e).__name__ for e in events[-1]] == ["ConnectionTerminated"]
     assert goaway_code(conn) == ErrorCode.COMPRESSION_ERROR
+
+
+# -- the encoder's two parts: remembered fixed fields, unique literals ------------------------
+
+_FIXED = ((b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/pkg.Svc/Call"),
+          (b":authority", b"up"), (b"te", b"trailers"), (b"content-type", b"application/grpc"),
+          (b"x-sidecar-user", b"svc-a"))
+
+
+def _ids(i: int) -> list[tuple[bytes, bytes]]:
+    return [(b"correlation-id", b"c%032d" % i), (b"traceparent", b"00-%032d-%016d-01" % (i, i)),
+            (b"grpc-timeout", b"%du" % (999_000 + i))]
+
+
+def test_unique_fields_stay_out_of_the_table_and_the_fixed_block_is_sent_again() -> None:
+    codec, decoder = HeaderCodec(16_384, 4096), Decoder()
+    blocks = []
+    for i in range(200):
+        block = codec.encode(_FIXED, (), _ids(i))
+        assert decoder.decode(block, raw=True) == [*fields(list(_FIXED)), *fields(_ids(i))]
+        blocks.append(block)
+    # From the second call on, the fixed fields are the same one-byte indexes (200 ids
+    # with incremental indexing would have evicted them from a 4 KiB table again and again).
+    prefix = blocks[1][:len(_FIXED)]
+    assert not prefix.translate(None, bytes(range(0x80, 0xFF)))
+    assert all(block.startswith(prefix) for block in blocks[1:])
+    assert blocks[5][len(_FIXED)] == 0x00  # a unique field: literal without indexing, new name
+
+
+def test_a_remembered_block_is_encoded_afresh_once_the_table_changed() -> None:
+    codec, decoder = HeaderCodec(16_384, 4096), Decoder()
+
+    def call(fixed: tuple[tuple[bytes, bytes], ...], i: int) -> None:
+        block = codec.encode(fixed, (), _ids(i))
+        assert decoder.decode(block, raw=True) == [*fields(list(fixed)), *fields(_ids(i))]
+
+    call(_FIXED, 0)
+    call(_FIXED, 1)  # remembered from here
+    for i in range(60):  # other blocks add entries: the remembered indexes shift
+        assert decoder.decode(codec.encode([(b"x-new", b"%d" % i)]), raw=True) == [
+            (b"x-new", b"%d" % i, False)]
+        call(_FIXED, i + 2)
+    codec.set_peer_table_size(0)  # the peer empties its table: every entry is gone
+    call(_FIXED, 100)
+    call(_FIXED, 101)
+    codec.set_peer_table_size(4096)
+    for i in range(3):
+        call(_FIXED, 200 + i)
+
+
+def test_unique_lengths_take_more_than_one_byte_and_authorization_is_never_indexed() -> None:
+    codec = HeaderCodec(16_384, 4096)
+    long = b"v" * 70_000
+    block = codec.encode(_FIXED, (), [(b"x-long", long), (b"authorization", b"Bearer s")])
+    assert Decoder(max_header_list_size=1 << 20).decode(block, raw=True) == [
+        *fields(list(_FIXED)), (b"x-long", long, False), (b"authorization", b"Bearer s", True)]
+
+
+def test_any_mix_of_fixed_unique_and_table_changes_decodes_as_sent() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    name = st.sampled_from([b"x-a", b"x-b", b"content-type", b"user-agent", b"authorization"])
+    value = st.binary(min_size=0, max_size=300)
+    pair = st.tuples(name, value)
+    op = st.one_of(
+        st.tuples(st.just("block"), st.sampled_from([0, 1, 2]), st.lists(pair, max_size=3)),
+        st.tuples(st.just("plain"), st.lists(pair, max_size=4)),
+        st.tuples(st.just("size"), st.sampled_from([0, 64, 300, 4096])),
+    )
+    fixed_sets = [_FIXED, _FIXED[:3], ((b":status", b"200"), (b"x-a", b"1"))]
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(op, max_size=40))
+    def run(ops: list[tuple]) -> None:  # type: ignore[type-arg]
+        codec, decoder = HeaderCodec(1 << 20, 4096), Decoder(max_header_list_size=1 << 20)
+        for o in ops:
+            if o[0] == "size":
+                codec.set_peer_table_size(o[1])  # the decoder allows 4096: the size updates
+                continue  # the blocks carry (jh2 signals every size set, not just the least)
+            if o[0] == "plain":
+                sent: list[tuple[bytes, bytes]] = o[1]
+                block = codec.encode(sent)
+            else:
+                fixed, unique = fixed_sets[o[1]], o[2]
+                sent = [*fixed, *unique]
+                block = codec.encode(fixed, (), unique)
+            got = decoder.decode(block, raw=True)
+            assert [(n, v) for n, v, _ in got] == sent
+
+    run()
