@@ -212,3 +212,28 @@ async def test_steps_cancel_as_a_task_does_between_steps_and_during_one() -> Non
     steps.append(native.Steps(waits(True), loop))
     await asyncio.sleep(0.01)
     assert all(s.done() for s in steps) and reasons == ["deadline", "second", "from within"]
+
+
+@pytest.mark.parametrize("late", [False, True])
+async def test_the_deadline_runs_from_the_headers_not_from_the_end_of_the_request(
+    late: bool,
+) -> None:
+    # A request whose end never comes (or comes after the caller's 100 ms) is answered
+    # DEADLINE_EXCEEDED at its deadline, the handler never run and the buffer let go.
+    async def unreachable(request: Any, context: NativeContext) -> Any:
+        raise AssertionError("the handler must not run")
+
+    caller = FakeCaller()
+    refused: list[bytes] = []
+    call = NativeUnary(caller, 1, HEADERS, False, "/sidecar.v1.HttpProxy/Call",
+                       Method(sidecar_pb2.HttpRequest.FromString, unreachable), 1024,
+                       lambda name, headers, code: refused.append(code.name.encode()))
+    call.caller_data(REQUEST[:7], 7, False)
+    await asyncio.sleep(0.4)
+    if late:
+        call.caller_data(REQUEST[7:], len(REQUEST) - 7, True)  # too late: ignored
+    [(kind, trailers)] = caller.sent
+    assert kind == "trailers" and trailers[b"grpc-status"] == b"4"
+    assert trailers[b"grpc-message"] == (b"/sidecar.v1.HttpProxy/Call: deadline exceeded "
+                                         b"before the request was complete")
+    assert caller.finished and refused == [b"DEADLINE_EXCEEDED"]

@@ -187,9 +187,9 @@ class Caller(Protocol):
 class NativeUnary:
     """One caller stream of a unary method the daemon answers itself."""
 
-    __slots__ = ("_buffer", "_conn", "_context", "_ended", "_finished", "_headers",
-                 "_limit", "_method", "_name", "_refused", "_sid", "_target", "_task",
-                 "_timer")
+    __slots__ = ("_buffer", "_conn", "_context", "_deadline", "_ended", "_finished",
+                 "_headers", "_limit", "_metadata", "_method", "_name", "_refused", "_sid",
+                 "_target", "_task", "_timer")
 
     def __init__(self, conn: Caller, stream_id: int, headers: Headers,
                  end_stream: bool, name: str, method: Method, max_message: int,
@@ -208,6 +208,14 @@ class NativeUnary:
         self._context: NativeContext | None = None
         self._target = ""  # the request's target, once decoded
         self._refused = refused  # logs a call answered before its handler ran
+        # The caller's deadline runs from its HEADERS, not from the end of its request: a
+        # request that never ends is answered DEADLINE_EXCEEDED, and what it holds let go.
+        self._metadata, timeout = caller_metadata(headers)
+        self._deadline = None
+        if timeout is not None:
+            loop = conn.loop
+            self._deadline = loop.time() + timeout
+            self._timer = loop.call_later(timeout + _DEADLINE_SLACK, self._expire)
         if end_stream:
             self.caller_data(b"", 0, True)
 
@@ -262,13 +270,10 @@ class NativeUnary:
                                f"{self._name}: the request is not a valid message")
             return
         self._target = str(getattr(request, "target", ""))
-        metadata, timeout = caller_metadata(self._headers)
         loop = self._conn.loop
-        deadline = None if timeout is None else loop.time() + timeout
-        context = self._context = NativeContext(metadata, deadline, loop, self._conn.peer)
+        context = self._context = NativeContext(self._metadata, self._deadline, loop,
+                                                self._conn.peer)
         self._task = Steps(self._run(request, context), loop)
-        if timeout is not None:
-            self._timer = loop.call_later(timeout + _DEADLINE_SLACK, self._expire)
 
     def _message(self) -> bytes | None:
         buffer, self._buffer = self._buffer, bytearray()
@@ -307,7 +312,13 @@ class NativeUnary:
         """The handler outlived the caller's deadline: answer for it (the servicers answer
         before it themselves; this is the guarantee that no call hangs)."""
         self._timer = None
-        if not self._finished:
+        if self._finished:
+            return
+        if self._task is None:  # the request is not complete: the handler never ran
+            self._buffer = bytearray()
+            self._refuse(StatusCode.DEADLINE_EXCEEDED,
+                         f"{self._name}: deadline exceeded before the request was complete")
+        else:
             self._cancel(DEADLINE_CANCEL)
             where = f"target {self._target!r}" if self._target else self._name
             self._answer_error(StatusCode.DEADLINE_EXCEEDED, f"{where}: deadline exceeded")
