@@ -27,6 +27,14 @@ from __future__ import annotations
 
 from sidecar.status import StatusCode
 
+SHOWN = 80  # characters of a caller's text (a name, a topic) an error message repeats
+
+
+def shown(text: str, limit: int = SHOWN) -> str:
+    """`text` as an error message quotes what a caller sent: repr'd, clipped to `limit`
+    characters (a 100 KB name must not make a status larger than the caller takes)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit - 3]) + "..."
+
 
 class SidecarError(Exception):
     """Root of the daemon's errors; `grpc_status` is what the caller gets."""

@@ -12,6 +12,7 @@ from sidecar.errors import (
     NoRouteError,
     PermissionDeniedError,
     UnknownTargetError,
+    shown,
 )
 
 _CACHE_LIMIT = 4096  # distinct methods remembered per listener; more are routed uncached
@@ -37,9 +38,8 @@ class Router:
         allowed = self._allowed
         if allowed is not None and name not in allowed and not (
                 name not in self._targets and self._listed(name)):
-            shown = name if len(name) <= 80 else name[:77] + "..."
             raise PermissionDeniedError(
-                f"target {shown!r} ({how}) is not allowed on listener "
+                f"target {shown(name)} ({how}) is not allowed on listener "
                 f"{self.listener.name!r} (listeners[].targets)")
 
     def _listed(self, name: str) -> bool:
@@ -75,7 +75,8 @@ class Router:
         self.check_target(name, "from sidecar-target metadata")
         target = self._targets.get(name)
         if target is None:
-            raise UnknownTargetError(f"unknown target {name!r} (from sidecar-target metadata)")
+            raise UnknownTargetError(
+                f"unknown target {shown(name)} (from sidecar-target metadata)")
         if not isinstance(target, GrpcTarget):
             raise InvalidRequestError(
                 f"target {name!r} is {target.kind}; only grpc targets take proxied calls"

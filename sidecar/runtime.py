@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sidecar.admission import Gate
 from sidecar.config import Config
-from sidecar.errors import InvalidRequestError, UnknownTargetError
+from sidecar.errors import InvalidRequestError, UnknownTargetError, shown
 from sidecar.resilience.breaker import OPEN
 from sidecar.resilience.policy import TargetPolicy
 from sidecar.routing import Router
@@ -79,7 +79,7 @@ class Runtime:
             raise InvalidRequestError("target is required")
         upstream = self.upstreams.get(name)
         if upstream is None:
-            raise UnknownTargetError(f"unknown target {name!r}")
+            raise UnknownTargetError(f"unknown target {shown(name)}")
         if upstream.kind != kind:
             raise InvalidRequestError(f"target {name!r} is {upstream.kind}, not {kind}")
         return upstream

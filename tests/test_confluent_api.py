@@ -51,3 +51,13 @@ def test_a_positional_produce_arrives_whole_and_reports_to_its_callback(
     assert second.key() is None and second.value() == b"now"
     assert second.timestamp()[1] > 1_700_000_000_000  # stamped at produce time, in ms
     assert second.headers() == [("h", b"2"), ("i", None)]
+
+
+def test_a_topic_the_brokers_refuse_by_name_is_the_callers_mistake_naming_it() -> None:
+    from sidecar.errors import InvalidRequestError
+    from sidecar.upstreams.kafka_config import delivery_error
+
+    error = delivery_error("events", "t-" + "x" * 500, KafkaError(KafkaError.TOPIC_EXCEPTION))
+    assert isinstance(error, InvalidRequestError)  # INVALID_ARGUMENT, not a retryable outage
+    assert str(error).startswith("target 'events': the brokers refuse topic 't-xxx")
+    assert len(str(error)) < 200

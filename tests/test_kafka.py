@@ -272,3 +272,29 @@ def test_rejected_producer_config_stops_startup_without_echoing_values(
     log = d.log_path.read_text()
     assert "targets.events.producer" in log
     assert "hunter2" not in log
+
+
+def test_a_topic_kafka_would_refuse_is_invalid_argument_naming_it_and_long_names_are_clipped(
+    daemon_factory: Callable[..., Daemon], short_dir: Path, broker: Broker
+) -> None:
+    d = daemon_factory(_config(short_dir, broker, topics=["*"]))
+    for topic in ("t-a\x00b", "\x00", "t-bad topic/!", ".", "..", "t-tö", "t-" + "x" * 300):
+        code, details = _code(d, _request(topic))
+        assert code is grpc.StatusCode.INVALID_ARGUMENT, (topic, details)
+        assert "is not a Kafka topic name" in details and repr(topic[:20])[:-1] in details
+        assert len(details) < 300  # the name is clipped
+        with d.channel() as ch, pytest.raises(grpc.RpcError) as batch:
+            _stub(ch).PublishBatch(sidecar_pb2.PublishBatchRequest(
+                target="events", topic=topic, messages=[sidecar_pb2.BatchMessage(value=b"v")]),
+                timeout=5)
+        assert batch.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    # A 100 KB target or service name: NOT_FOUND with the name clipped, a status the caller
+    # can read (grpcio refuses trailers over 16 KiB, and reported RESOURCE_EXHAUSTED).
+    long = "n" * 100_000
+    code, details = _code(d, _request("t-a", target=long))
+    assert code is grpc.StatusCode.NOT_FOUND and len(details) < 200, details
+    with d.channel() as ch, pytest.raises(grpc.RpcError) as health:
+        health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=long),
+                                            timeout=5)
+    assert health.value.code() is grpc.StatusCode.NOT_FOUND
+    assert len(health.value.details()) < 200

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from sidecar.engine.events import Headers
 
+# Characters of a status message sent: the daemon's messages are short, but one may quote
+# a caller's text, and a status must fit the caller's header list size (16 KiB in grpcio).
+MAX_MESSAGE = 1024
+
 
 def error_block(code: int, message: str, headers_sent: bool,
                 extra: Headers | None = None) -> Headers:
@@ -11,6 +15,8 @@ def error_block(code: int, message: str, headers_sent: bool,
     block: Headers = [] if headers_sent else [
         (b":status", b"200"), (b"content-type", b"application/grpc")]
     block.append((b"grpc-status", b"%d" % code))
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE - 3] + "..."
     block.append((b"grpc-message", percent_encode(message)))
     if extra:
         block.extend(extra)

@@ -12,6 +12,7 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2
 
+from sidecar.errors import shown
 from sidecar.services.native_stream import NativeStream, Session, StreamMethod
 from sidecar.status import StatusCode
 
@@ -79,7 +80,7 @@ class HealthState:
         self.refresh()  # what /readyz says now, not at the last periodic refresh
         status = self._status.get(request.service)
         if status is None:
-            await context.abort(StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+            await context.abort(StatusCode.NOT_FOUND, f"unknown service {shown(request.service)}")
         return health_pb2.HealthCheckResponse(status=status)
 
     def watch_method(self) -> StreamMethod:

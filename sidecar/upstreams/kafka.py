@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -40,6 +41,7 @@ from sidecar.errors import (
     UpstreamConnectError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
+    shown,
 )
 from sidecar.telemetry.redaction import NO_SECRETS, Redactor
 from sidecar.upstreams.kafka_config import (
@@ -94,6 +96,9 @@ _STUCK_EPOCH_BUMPS = 5
 # left): enough for the answer to reach the caller on a busy machine.
 _REPLY_MARGIN = 0.2
 _CONNECTED = frozenset({"UP", "UPDATE"})
+# What Kafka takes as a topic name (its Topic.validate): the brokers refuse any other, and
+# librdkafka cannot even pass one with a NUL.
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 _DOWN_REASONS = {
     KafkaError._ALL_BROKERS_DOWN: "all brokers down",
     KafkaError._RESOLVE: "broker name not resolved",
@@ -323,12 +328,18 @@ class KafkaUpstream:
         return UNKNOWN if self.spool is None else self.spool.status(request_id)
 
     def check_topic(self, topic: str) -> None:
-        """Refuse an empty topic or one outside the target's allow-list."""
+        """Refuse an empty topic, one Kafka would not take, or one outside the target's
+        allow-list."""
         name = self.target.name
         if not topic:
             raise InvalidRequestError(f"target {name!r}: topic is empty")
+        if not _TOPIC_NAME.fullmatch(topic) or topic in (".", ".."):
+            raise InvalidRequestError(
+                f"target {name!r}: topic {shown(topic)} is not a Kafka topic name "
+                "(1 to 249 of a-z, A-Z, 0-9, '.', '_' and '-'; not '.' or '..')")
         if not any(p.fullmatch(topic) for p in self.target.topic_patterns):
-            raise PermissionDeniedError(f"target {name!r}: topic {topic!r} is not allowed (topics)")
+            raise PermissionDeniedError(
+                f"target {name!r}: topic {shown(topic)} is not allowed (topics)")
 
     async def publish(
         self, topic: str, messages: Iterable[OutgoingMessage | SidecarError], count: int,

@@ -16,6 +16,7 @@ from sidecar.errors import (
     PermissionDeniedError,
     SidecarError,
     UpstreamUnavailableError,
+    shown,
 )
 from sidecar.telemetry.redaction import Redactor
 
@@ -87,6 +88,8 @@ def delivery_error(target: str, topic: str, err: KafkaError) -> SidecarError:
         return PermissionDeniedError(f"{where}: the brokers refuse writes to topic {topic!r}")
     if code in _NO_TOPIC:
         return InvalidRequestError(f"{where}: topic {topic!r} does not exist")
+    if code == KafkaError.TOPIC_EXCEPTION:  # a name the brokers' own rules refuse
+        return InvalidRequestError(f"{where}: the brokers refuse topic {shown(topic)} as a name")
     if code == KafkaError._UNKNOWN_PARTITION:
         return InvalidRequestError(f"{where}: no such partition of topic {topic!r}")
     if code in _PURGED:

@@ -90,3 +90,12 @@ def test_the_status_table_shows_connections_of_the_cap_streams_and_draining() ->
         "app", "/run/a.sock", "0660", "3/1000", "draining", "2", "-"]
     assert lines[lines.index(header) + 2].split() == ["old", "/run/b.sock", "0600", "-", "-",
                                                       "-"]
+
+
+def test_a_status_message_is_clipped_to_fit_any_caller() -> None:
+    from sidecar.engine.status_block import MAX_MESSAGE, error_block
+
+    block = dict(error_block(5, "unknown target " + "n" * 100_000, False))
+    assert block[b"grpc-status"] == b"5"
+    assert len(block[b"grpc-message"]) == MAX_MESSAGE
+    assert block[b"grpc-message"].endswith(b"...")
