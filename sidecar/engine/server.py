@@ -39,7 +39,7 @@ from sidecar.engine.limits import EngineLimits
 from sidecar.engine.peer import Peer, peer_of
 from sidecar.engine.status_block import error_block
 from sidecar.engine.transport import H2Protocol
-from sidecar.errors import ListenerError
+from sidecar.errors import ListenerError, shown
 from sidecar.listeners import _umask_for, prepare_socket_path
 from sidecar.runtime import Runtime
 from sidecar.services import native, native_stream
@@ -325,12 +325,16 @@ class EngineListener:
     def dispatch(self, conn: CallerConnection, event: RequestReceived) -> CallerStream:
         headers = event.headers
         path = b""
-        for name, value in headers:
-            if name == b":path":
-                path = value
-                break
+        method = b""
+        for name, value in headers:  # the pseudo-headers come first
             if name[:1] != b":":
                 break
+            if name == b":path":
+                path = value
+            elif name == b":method":
+                method = value
+        if method != b"POST" or path[:1] != b"/":
+            return Unimplemented(conn, event.stream_id, path, event.end_stream, method)
         found = self._native.get(path)
         if found is not None:
             return native.NativeUnary(conn, event.stream_id, headers, event.end_stream,
@@ -411,15 +415,24 @@ _OPENING = _Opening()
 
 
 class Unimplemented:
-    """A method under the daemon's own services that it does not serve."""
+    """A method under the daemon's own services that it does not serve, or a request that
+    is no gRPC call (not a POST, or a :path that is not /service/method): answered
+    UNIMPLEMENTED, never proxied."""
 
     __slots__ = ()
 
     def __init__(self, conn: CallerConnection, stream_id: int, path: bytes,
-                 end_stream: bool) -> None:
-        method = path.decode("latin-1", "replace")
+                 end_stream: bool, method: bytes = b"POST") -> None:
+        name = path.decode("latin-1", "replace")
+        if method != b"POST":
+            message = (f"not a gRPC call: :method {shown(method.decode('latin-1'))} "
+                       "(gRPC calls are POST)")
+        elif path[:1] != b"/":
+            message = f"not a gRPC call: :path {shown(name)} (gRPC's is /service/method)"
+        else:
+            message = f"the daemon does not serve {shown(name)}"
         conn.send_trailers(stream_id, error_block(
-            StatusCode.UNIMPLEMENTED.value[0], f"the daemon does not serve {method!r}", False))
+            StatusCode.UNIMPLEMENTED.value[0], message, False))
         conn.finish(stream_id, not end_stream)
 
     def caller_data(self, data: memoryview | bytes, length: int, end_stream: bool) -> None:

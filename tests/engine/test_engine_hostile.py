@@ -353,3 +353,34 @@ def test_a_response_message_over_max_message_is_resource_exhausted(
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     details = caught.value.details() or ""
     assert "'up'" in details and "limits.max_message" in details and "response" in details
+
+
+def test_a_request_that_is_no_grpc_call_is_unimplemented_and_never_proxied(
+    frames: Daemon, upstream: Upstream,
+) -> None:
+    from hyperframe.frame import HeadersFrame
+    from jh2._hazmat import Decoder
+
+    cases = [
+        ([(b":method", b"CONNECT"), (b":authority", b"localhost")], b":method 'CONNECT'"),
+        ([(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/test.Echo/Unary")],
+         b":method 'GET'"),
+        (request(b"*"), b":path '*'"),
+        (request(b"test.Echo/Unary"), b":path 'test.Echo/Unary'"),
+    ]
+    caller = RawCaller(frames.socket)
+    decoder = Decoder()
+    try:
+        for i, (headers, words) in enumerate(cases):
+            sid = 2 * i + 1
+            caller.send(caller.peer.headers(sid, headers, end_stream=True))
+            got = caller.frames_until(lambda fs, sid=sid: any(
+                isinstance(f, HeadersFrame) and f.stream_id == sid for f in fs))
+            [block] = [f for f in got if isinstance(f, HeadersFrame) and f.stream_id == sid]
+            trailers = {n: v for n, v, _ in decoder.decode(bytes(block.data), raw=True)}
+            assert trailers[b"grpc-status"] == b"12", trailers  # UNIMPLEMENTED
+            assert trailers[b"grpc-message"].startswith(b"not a gRPC call: " + words)
+    finally:
+        caller.close()
+    assert unary(frames) == b"x"  # the connection's neighbours still work
+    assert len(upstream.seen) == 1  # none of the four reached the upstream
