@@ -71,6 +71,8 @@ class Listener:
     engine: str = "frames"  # the daemon's own HTTP/2 engine (sidecar/engine/), the only one
     idle_timeout: float = 300.0  # seconds a caller connection may stay without streams
     max_connections: int = 1000  # caller connections per listener; more are closed
+    # bytes of native calls' requests not yet complete held at once (at least max_message)
+    max_request_buffer: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,7 +83,7 @@ _METADATA_VALUE = re.compile(r"[\x20-\x7e]+")
 _RATE_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 LISTENER_KEYS = (
     "name", "socket", "mode", "identity", "default_target", "routes", "targets", "rate_limit",
-    "engine", "idle_timeout", "max_connections",
+    "engine", "idle_timeout", "max_connections", "max_request_buffer",
 )
 IDENTITY_KEYS = ("user_id", "trust_caller", "require_user", "peers", "unknown_peer")
 _COMPRESSION = ("none", "gzip", "snappy", "lz4", "zstd")
@@ -479,6 +479,7 @@ def _listener(s: Section, targets: Mapping[str, Target]) -> Listener:
         engine=s.string("engine", base.engine, choices=(*ENGINES, "grpcio")),
         idle_timeout=s.duration("idle_timeout", base.idle_timeout),
         max_connections=s.integer("max_connections", base.max_connections, minimum=1),
+        max_request_buffer=s.size("max_request_buffer", base.max_request_buffer),
     )
 
 

@@ -53,6 +53,7 @@ _ZERO_DURATIONS: set[Field] = {
 _SIZES: set[Field] = {
     (model.Limits, "max_message"), (model.HttpTarget, "max_body"),
     (model.KafkaTarget, "max_message_bytes"), (model.Spool, "max_bytes"),
+    (model.Listener, "max_request_buffer"),
 }
 # The bounds the loader checks on plain integers and numbers: (minimum, maximum).
 _BOUNDS: dict[Field, tuple[float, float | None]] = {
@@ -143,6 +144,8 @@ _DESCRIPTIONS: dict[Field, str] = {
     (model.Listener, "engine"): "the daemon's own HTTP/2 engine, the only one",
     (model.Listener, "idle_timeout"): "a caller connection without streams this long is closed",
     (model.Listener, "max_connections"): "caller connections open at once on this socket",
+    (model.Listener, "max_request_buffer"): "bytes of HttpProxy/Publisher requests not yet "
+                                            "complete held at once; past it RESOURCE_EXHAUSTED",
     (model.Identity, "user_id"): "user id injected into every call on this socket",
     (model.Identity, "trust_caller"): "take the caller's x-user-id/user-id",
     (model.Identity, "require_user"): "refuse calls without a user id (UNAUTHENTICATED)",

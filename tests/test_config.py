@@ -996,3 +996,11 @@ def test_bare_on_key_in_yaml_is_retry_on_not_a_boolean(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("required: yes", "required: true"))
     config = load_config(str(path), env={})
     assert config.defaults.retry.on == ("RESOURCE_EXHAUSTED", 503)
+
+
+def test_a_listeners_request_buffer_is_a_size_defaulting_to_64_mib() -> None:
+    assert parse_config(base_config(), env={}).listeners[0].max_request_buffer == 64 << 20
+    config = parse_config(with_listener(max_request_buffer="8MiB"), env={})
+    assert config.listeners[0].max_request_buffer == 8 << 20
+    assert_one_problem(problems_of(with_listener(max_request_buffer="lots")),
+                       "listeners[0].max_request_buffer")

@@ -237,3 +237,31 @@ async def test_the_deadline_runs_from_the_headers_not_from_the_end_of_the_reques
     assert trailers[b"grpc-message"] == (b"/sidecar.v1.HttpProxy/Call: deadline exceeded "
                                          b"before the request was complete")
     assert caller.finished and refused == [b"DEADLINE_EXCEEDED"]
+
+
+async def test_requests_not_yet_complete_are_bounded_per_listener_and_given_back() -> None:
+    async def answer(request: Any, context: NativeContext) -> Any:
+        return sidecar_pb2.HttpResponse(status=200)
+
+    caller = FakeCaller()
+    held = native.HeldBytes(len(REQUEST) + 10)
+    method = Method(sidecar_pb2.HttpRequest.FromString, answer)
+    first = NativeUnary(caller, 1, HEADERS, False, "/sidecar.v1.HttpProxy/Call", method, 1024,
+                        None, held)
+    first.caller_data(REQUEST[:-1], len(REQUEST) - 1, False)  # incomplete, held
+    second = NativeUnary(caller, 3, HEADERS, False, "/sidecar.v1.HttpProxy/Call", method,
+                         1024, None, held)
+    second.caller_data(REQUEST[:20], 20, False)  # would pass the listener's bound
+    [(kind, trailers)] = caller.sent
+    assert kind == "trailers" and trailers[b"grpc-status"] == b"8"  # RESOURCE_EXHAUSTED
+    assert b"listeners[].max_request_buffer" in trailers[b"grpc-message"]
+    assert held.held == len(REQUEST) - 1  # the refused call gave its bytes back
+    first.caller_data(REQUEST[-1:], 1, True)  # complete: decoded, no longer held
+    assert held.held == 0
+    third = NativeUnary(caller, 5, HEADERS, False, "/sidecar.v1.HttpProxy/Call", method, 1024,
+                        None, held)
+    third.caller_data(REQUEST[:30], 30, False)
+    third.caller_reset()  # the caller went away: given back too
+    assert held.held == 0
+    await asyncio.sleep(0.05)
+    assert [k for k, _ in caller.sent] == ["trailers", "headers", "data", "trailers"]

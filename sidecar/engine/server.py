@@ -283,6 +283,7 @@ class EngineListener:
             **reflection.methods(),
         }
         self._max_message = max_message
+        self._held = native.HeldBytes(max(listener.max_request_buffer, max_message))
         self._server: asyncio.AbstractServer | None = None
         self._bound = False
         self._idle_task: asyncio.Task[None] | None = None
@@ -309,6 +310,7 @@ class EngineListener:
             os.chmod(listener.socket, listener.mode)
         self.listener = listener
         self.key = key
+        self._held.limit = max(listener.max_request_buffer, self._max_message)
         for service in (self.proxy, self.http, self.publisher):
             service.listener = listener.name
 
@@ -338,7 +340,8 @@ class EngineListener:
         found = self._native.get(path)
         if found is not None:
             return native.NativeUnary(conn, event.stream_id, headers, event.end_stream,
-                                      found[0], found[1], self._max_message, self._refused)
+                                      found[0], found[1], self._max_message, self._refused,
+                                      self._held)
         streaming = self._streaming.get(path)
         if streaming is not None:
             return native_stream.NativeStream(conn, event.stream_id, headers, event.end_stream,

@@ -184,16 +184,29 @@ class Caller(Protocol):
     def finish(self, stream_id: int, request_open: bool) -> None: ...
 
 
+class HeldBytes:
+    """What the native calls of one listener hold of requests not yet complete, bounded by
+    `listeners[].max_request_buffer`: a call that would pass it is refused, so callers that
+    open many streams and never end their requests cannot grow the daemon without bound
+    (each is bounded by `max_message` and the caller's deadline, not their sum)."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+
 class NativeUnary:
     """One caller stream of a unary method the daemon answers itself."""
 
     __slots__ = ("_buffer", "_conn", "_context", "_deadline", "_ended", "_finished",
-                 "_headers", "_limit", "_metadata", "_method", "_name", "_refused", "_sid",
-                 "_target", "_task", "_timer")
+                 "_headers", "_held", "_limit", "_metadata", "_method", "_name", "_refused",
+                 "_sid", "_target", "_task", "_timer")
 
     def __init__(self, conn: Caller, stream_id: int, headers: Headers,
                  end_stream: bool, name: str, method: Method, max_message: int,
-                 refused: Refused | None = None) -> None:
+                 refused: Refused | None = None, held: HeldBytes | None = None) -> None:
         self._conn = conn
         self._sid = stream_id
         self._headers = headers
@@ -208,6 +221,7 @@ class NativeUnary:
         self._context: NativeContext | None = None
         self._target = ""  # the request's target, once decoded
         self._refused = refused  # logs a call answered before its handler ran
+        self._held = held
         # The caller's deadline runs from its HEADERS, not from the end of its request: a
         # request that never ends is answered DEADLINE_EXCEEDED, and what it holds let go.
         self._metadata, timeout = caller_metadata(headers)
@@ -228,11 +242,20 @@ class NativeUnary:
             return
         buffer = self._buffer
         buffer += data
+        held = self._held
+        if held is not None:
+            held.held += len(data)  # given back by _let_go, with the buffer
         if len(buffer) > self._limit + PREFIX.size:
-            self._buffer = bytearray()
+            self._let_go()
             self._refuse(StatusCode.RESOURCE_EXHAUSTED,
                                f"{self._name}: request message of over {self._limit} bytes "
                                "is over the limit (limits.max_message)")
+            return
+        if held is not None and held.held > held.limit:
+            self._let_go()
+            self._refuse(StatusCode.RESOURCE_EXHAUSTED,
+                         f"{self._name}: the listener holds {held.limit} bytes of requests "
+                         "not yet complete (listeners[].max_request_buffer)")
             return
         if end_stream:
             self._ended = True
@@ -243,6 +266,7 @@ class NativeUnary:
         logged CANCELLED by the servicer's call wrapper, or DEADLINE_EXCEEDED when the
         reset came once the caller's deadline had passed (its library resets then)."""
         self._finished = True
+        self._let_go()
         context = self._context
         remaining = None if context is None else context.time_remaining()
         self._cancel(DEADLINE_CANCEL if remaining == 0.0 else None)
@@ -275,8 +299,16 @@ class NativeUnary:
                                                 self._conn.peer)
         self._task = Steps(self._run(request, context), loop)
 
+    def _let_go(self) -> None:
+        """Drop what the request holds (it is complete, or the call is over)."""
+        held = self._held
+        if held is not None:
+            held.held -= len(self._buffer)
+        self._buffer = bytearray()
+
     def _message(self) -> bytes | None:
-        buffer, self._buffer = self._buffer, bytearray()
+        buffer = self._buffer
+        self._let_go()
         if len(buffer) < PREFIX.size:
             self._refuse(StatusCode.INTERNAL,
                                f"{self._name}: no request message was sent")
@@ -315,7 +347,7 @@ class NativeUnary:
         if self._finished:
             return
         if self._task is None:  # the request is not complete: the handler never ran
-            self._buffer = bytearray()
+            self._let_go()
             self._refuse(StatusCode.DEADLINE_EXCEEDED,
                          f"{self._name}: deadline exceeded before the request was complete")
         else:
@@ -361,6 +393,7 @@ class NativeUnary:
 
     def _end(self) -> None:
         self._finished = True
+        self._let_go()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -384,3 +384,32 @@ def test_a_request_that_is_no_grpc_call_is_unimplemented_and_never_proxied(
         caller.close()
     assert unary(frames) == b"x"  # the connection's neighbours still work
     assert len(upstream.seen) == 1  # none of the four reached the upstream
+
+
+def test_requests_never_ended_are_bounded_by_the_listeners_request_buffer(
+    daemon_factory: Callable[..., Daemon], short_dir: Path, upstream: Upstream,
+) -> None:
+    from hyperframe.frame import HeadersFrame
+    from jh2._hazmat import Decoder
+
+    config = basic_config(short_dir, upstream)
+    config["defaults"] = {"limits": {"max_message": "256KiB"}}
+    config["listeners"][0]["max_request_buffer"] = "1MiB"
+    d = daemon_factory(config)
+    caller = RawCaller(d.socket)
+    part = b"\x00" + (250_000).to_bytes(4, "big") + b"\x0a" * 199_995  # 200 KB of 250 KB
+    try:
+        for i in range(6):  # five hold 1,000,000 bytes; the sixth would pass 1 MiB
+            sid = 2 * i + 1
+            caller.send(caller.peer.headers(sid, request(b"/sidecar.v1.Publisher/Publish"))
+                        + b"".join(data(sid, part[at:at + 16_384])
+                                   for at in range(0, len(part), 16_384)))
+        got = caller.frames_until(lambda fs: any(isinstance(f, HeadersFrame) for f in fs))
+        [block] = [f for f in got if isinstance(f, HeadersFrame)]
+        assert block.stream_id == 11
+        trailers = {n: v for n, v, _ in Decoder().decode(bytes(block.data), raw=True)}
+        assert trailers[b"grpc-status"] == b"8", trailers  # RESOURCE_EXHAUSTED
+        assert b"listeners[].max_request_buffer" in trailers[b"grpc-message"]
+    finally:
+        caller.close()  # the five let go of what they held
+    assert unary(d) == b"x"
