@@ -99,6 +99,7 @@ _CONNECTED = frozenset({"UP", "UPDATE"})
 # What Kafka takes as a topic name (its Topic.validate): the brokers refuse any other, and
 # librdkafka cannot even pass one with a NUL.
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+_TOPICS_REMEMBERED = 1024  # topics a target remembers it checked (then each is checked anew)
 _DOWN_REASONS = {
     KafkaError._ALL_BROKERS_DOWN: "all brokers down",
     KafkaError._RESOLVE: "broker name not resolved",
@@ -227,6 +228,7 @@ class KafkaUpstream:
         self._wakes: _Wakes | None = None
         self._brokers_up = True  # until librdkafka's first stats say otherwise
         self._down_reason: str | None = None
+        self._topics_ok: set[str] = set()  # topics check_topic passed (a target's own)
         self.replaced = 0
 
     def share_spool(self, spool: Spool) -> None:
@@ -330,6 +332,8 @@ class KafkaUpstream:
     def check_topic(self, topic: str) -> None:
         """Refuse an empty topic, one Kafka would not take, or one outside the target's
         allow-list."""
+        if topic in self._topics_ok:
+            return
         name = self.target.name
         if not topic:
             raise InvalidRequestError(f"target {name!r}: topic is empty")
@@ -340,6 +344,8 @@ class KafkaUpstream:
         if not any(p.fullmatch(topic) for p in self.target.topic_patterns):
             raise PermissionDeniedError(
                 f"target {name!r}: topic {shown(topic)} is not allowed (topics)")
+        if len(self._topics_ok) < _TOPICS_REMEMBERED:
+            self._topics_ok.add(topic)
 
     async def publish(
         self, topic: str, messages: Iterable[OutgoingMessage | SidecarError], count: int,
