@@ -6,7 +6,10 @@ message over `limits.max_message` is refused as soon as its prefix arrives.
 
 from __future__ import annotations
 
+import struct
+
 PREFIX = 5  # compressed flag (1 byte), length (4 bytes, big-endian)
+_LENGTH = struct.Struct(">I")
 
 
 class MessageBound:
@@ -27,14 +30,18 @@ class MessageBound:
         left = self._left
         while left < end - position:
             position += left
-            need = PREFIX - len(self._head)
-            head = self._head + bytes(chunk[position:position + need])
-            if len(head) < PREFIX:
-                self._head, self._left = head, 0
-                return False
-            self._head = b""
-            position += need
-            left = int.from_bytes(head[1:], "big")
+            if not self._head and end - position >= PREFIX:  # the prefix whole, in place
+                left = _LENGTH.unpack_from(chunk, position + 1)[0]
+                position += PREFIX
+            else:
+                need = PREFIX - len(self._head)
+                head = self._head + bytes(chunk[position:position + need])
+                if len(head) < PREFIX:
+                    self._head, self._left = head, 0
+                    return False
+                self._head = b""
+                position += need
+                left = int.from_bytes(head[1:], "big")
             if left > self.size:
                 self.size = left
                 if left > self.limit:
