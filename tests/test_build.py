@@ -93,6 +93,7 @@ def test_a_daemon_says_which_build_it_runs(daemon_factory: Callable[..., Daemon]
     port = free_port()
     config["admin"] = {"address": f"127.0.0.1:{port}"}
     d = daemon_factory(config)
+    d.wait_log('"started"')  # the socket serves a moment before the line is written
     started = next(r for r in d.records() if r["body"] == "started")
     assert started["build"] == EXPECTED
     status, body = _request(f"http://127.0.0.1:{port}/status")
