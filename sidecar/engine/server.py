@@ -283,7 +283,7 @@ class EngineListener:
             **reflection.methods(),
         }
         self._max_message = max_message
-        self._held = native.HeldBytes(max(listener.max_request_buffer, max_message))
+        self._held = native.HeldBytes(self._request_buffer(listener))
         self._server: asyncio.AbstractServer | None = None
         self._bound = False
         self._idle_task: asyncio.Task[None] | None = None
@@ -310,9 +310,13 @@ class EngineListener:
             os.chmod(listener.socket, listener.mode)
         self.listener = listener
         self.key = key
-        self._held.limit = max(listener.max_request_buffer, self._max_message)
+        self._held.limit = self._request_buffer(listener)
         for service in (self.proxy, self.http, self.publisher):
             service.listener = listener.name
+
+    def _request_buffer(self, listener: Listener) -> int:
+        """`max_request_buffer`, at least one request of the largest message the socket takes."""
+        return max(listener.max_request_buffer, self._max_message)
 
     def stats(self) -> dict[str, int | bool]:
         """Caller-side load for /status: counts and config only, nothing a peer sent."""

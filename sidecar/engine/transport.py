@@ -118,7 +118,8 @@ class H2Protocol(asyncio.Protocol):
         else:
             conn.acknowledge(stream_id, length)
 
-    def send_headers(self, stream_id: int, headers: Headers, end_stream: bool = False,
+    def send_headers(self, stream_id: int, headers: Sequence[tuple[bytes, bytes]],
+                     end_stream: bool = False,
                      unique: Sequence[tuple[bytes, bytes]] = ()) -> None:
         try:
             self.h2.send_headers(stream_id, headers, end_stream, unique=unique)

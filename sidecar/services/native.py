@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("sidecar.native")
 
 PREFIX = struct.Struct(">BI")  # gRPC message framing: compressed flag, length
-RESPONSE_HEADERS: Headers = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+# A tuple: the header codec keys the blocks it remembers by the fixed fields (hpack.py).
+RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
 OK_TRAILERS: Headers = [(b"grpc-status", b"0")]
 _DEADLINE_SLACK = 0.05  # seconds past the caller's deadline before we answer for the handler
 
@@ -177,7 +178,8 @@ class Caller(Protocol):
     @property
     def peer(self) -> Peer | None: ...
     def acknowledge(self, stream_id: int, length: int) -> None: ...
-    def send_headers(self, stream_id: int, headers: Headers, end_stream: bool = False,
+    def send_headers(self, stream_id: int, headers: Sequence[tuple[bytes, bytes]],
+                     end_stream: bool = False,
                      unique: Sequence[tuple[bytes, bytes]] = ()) -> None: ...
     def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool) -> None: ...
     def send_trailers(self, stream_id: int, headers: Headers) -> None: ...
