@@ -6,8 +6,8 @@ SIDECAR_COMPILE=0 stay pure Python. Measured: daemon CPU per proxied call 132 ->
 
 A Python class cannot subclass a compiled one: a module whose classes do is compiled
 too. Left out on purpose: the CLI, config loading and what runs once at start (no gain),
-and resilience/breaker.py (pybreaker calls its listener with **kwargs, which mypyc's
-compiled method mishandles: SystemError in dictobject.c).
+and resilience/breaker_listener.py (pybreaker calls its listener with **kwargs, which
+mypyc's compiled method mishandles: SystemError in dictobject.c).
 """
 
 import os
@@ -18,6 +18,7 @@ COMPILED = [
     "sidecar/admission.py",
     "sidecar/context.py",
     "sidecar/routing.py",
+    "sidecar/runtime.py",
     "sidecar/engine/client.py",
     "sidecar/engine/connection.py",
     "sidecar/engine/control.py",
@@ -41,6 +42,7 @@ COMPILED = [
     "sidecar/engine/tls.py",
     "sidecar/engine/transport.py",
     "sidecar/resilience/backoff.py",
+    "sidecar/resilience/breaker.py",
     "sidecar/resilience/budget.py",
     "sidecar/resilience/policy.py",
     "sidecar/resilience/rate_limit.py",

@@ -28,7 +28,8 @@ if [ "$#" -eq 0 ]; then
     tests/test_upstream_grpc.py tests/test_kafka.py tests/test_kafka_batch.py \
     tests/test_kafka_wakeup.py tests/test_kafka_poller.py tests/test_http.py \
     tests/test_http1_client.py tests/test_http_correctness.py tests/test_access_line.py \
-    tests/test_call_scope.py tests/test_lifecycle.py tests/test_logging.py
+    tests/test_call_scope.py tests/test_lifecycle.py tests/test_logging.py \
+    tests/test_resilience_units.py
 fi
 cd "$work"
 SIDECAR_EXPECT_COMPILED=1 "$root/.venv/bin/pytest" -q -p no:cacheprovider "$@"

@@ -51,9 +51,10 @@ _bits = random.Random().getrandbits
 Metadata = tuple[tuple[str, str | bytes], ...]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class CallContext:
-    """What the daemon knows of one call, and what it forwards."""
+    """What the daemon knows of one call, and what it forwards. (Its `__init__` is written
+    out, as the engine's events' are: the one `dataclass` writes stays interpreted.)"""
 
     user_id: str | None
     correlation_id: str
@@ -67,17 +68,49 @@ class CallContext:
     authorization: str | None
     target_hint: str | None  # caller's `sidecar-target`
     passthrough: list[tuple[str, str | bytes]]  # caller metadata forwarded as is
-    peer: Peer | None = None  # the connecting process (SO_PEERCRED), when known
-    peer_user: str | None = None  # the user id `identity.peers` maps the peer to
-    caller_key: str | int | None = None  # whom a per-caller rate limit counts the call to
-    trace: CallTrace | None = None  # set when tracing is on
+    peer: Peer | None  # the connecting process (SO_PEERCRED), when known
+    peer_user: str | None  # the user id `identity.peers` maps the peer to
+    caller_key: str | int | None  # whom a per-caller rate limit counts the call to
+    trace: CallTrace | None  # set when tracing is on
     # What became of the call upstream, for its access line and span (telemetry/hub.py):
-    attempts: int = 0  # upstream attempts made
-    upstream_status: int | None = None  # the last attempt's gRPC status or HTTP status
-    request_bytes: int = 0  # sent upstream: gRPC DATA, an HTTP body, Kafka keys and values
-    response_bytes: int = 0  # received: gRPC DATA, an HTTP body
-    flags: str = ""  # Envoy-style response flags, comma-separated (add_flag)
-    facts: dict[str, Any] | None = None  # kind-specific ones (a Kafka partition, offset)
+    attempts: int  # upstream attempts made
+    upstream_status: int | None  # the last attempt's gRPC status or HTTP status
+    request_bytes: int  # sent upstream: gRPC DATA, an HTTP body, Kafka keys and values
+    response_bytes: int  # received: gRPC DATA, an HTTP body
+    flags: str  # Envoy-style response flags, comma-separated (add_flag)
+    facts: dict[str, Any] | None  # kind-specific ones (a Kafka partition, offset)
+
+    def __init__(self, *, user_id: str | None, correlation_id: str, request_id: str, trace_id: str,
+                 span_id: str, trace_flags: str, tracestate: str | None, continued: bool,
+                 parent_span_id: str, authorization: str | None, target_hint: str | None,
+                 passthrough: list[tuple[str, str | bytes]], peer: Peer | None = None,
+                 peer_user: str | None = None, caller_key: str | int | None = None,
+                 trace: CallTrace | None = None, attempts: int = 0,
+                 upstream_status: int | None = None, request_bytes: int = 0,
+                 response_bytes: int = 0, flags: str = "",
+                 facts: dict[str, Any] | None = None) -> None:
+        self.user_id = user_id
+        self.correlation_id = correlation_id
+        self.request_id = request_id
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.trace_flags = trace_flags
+        self.tracestate = tracestate
+        self.continued = continued
+        self.parent_span_id = parent_span_id
+        self.authorization = authorization
+        self.target_hint = target_hint
+        self.passthrough = passthrough
+        self.peer = peer
+        self.peer_user = peer_user
+        self.caller_key = caller_key
+        self.trace = trace
+        self.attempts = attempts
+        self.upstream_status = upstream_status
+        self.request_bytes = request_bytes
+        self.response_bytes = response_bytes
+        self.flags = flags
+        self.facts = facts
 
     @property
     def traceparent(self) -> str:

@@ -33,8 +33,17 @@ class StatusCode(enum.Enum):
     DATA_LOSS = (15, "data loss")
     UNAUTHENTICATED = (16, "unauthenticated")
 
+    def __init__(self, number: int, text: str) -> None:
+        # `value` (and `name`) are Python-level properties of enum members, slow per call;
+        # `number` is a plain attribute for the code paths every call takes.
+        self.number = number
 
-BY_NUMBER: dict[int, StatusCode] = {code.value[0]: code for code in StatusCode}
+    # Members are singletons compared by identity: hash them so too, in C (Enum's own
+    # __hash__ is Python code hashing the name, paid on every dict lookup keyed by one).
+    __hash__ = object.__hash__
+
+
+BY_NUMBER: dict[int, StatusCode] = {code.number: code for code in StatusCode}
 NAMES = frozenset(code.name for code in StatusCode)
 
 

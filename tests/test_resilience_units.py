@@ -149,6 +149,33 @@ def test_late_outcome_of_an_earlier_call_does_not_close_an_open_breaker() -> Non
     assert breaker.state == OPEN
 
 
+def test_the_mirrored_state_follows_pybreaker_through_any_sequence() -> None:
+    # Breaker answers from its own copy of pybreaker's state and calls pybreaker only when
+    # something may change: the copy and the fault count must never drift from pybreaker's.
+    rng = random.Random(7)
+    clock = Clock()
+    breaker = Breaker(3, 2.0, clock)
+    seen = set()
+
+    def check(breaker: Breaker) -> None:
+        state = str(breaker._cb.current_state)
+        assert breaker.state == state
+        if state == CLOSED and breaker._cb.fail_counter:
+            assert breaker._faults
+        seen.add(state)
+
+    for _ in range(5000):
+        step = rng.random()
+        if step < 0.1:
+            clock.now += rng.choice((0.5, 1.0, 2.0))
+        trial = breaker.admit()
+        check(breaker)
+        if trial is not None:
+            breaker.record(fault=rng.random() < 0.4, trial=trial)
+            check(breaker)
+    assert seen == {CLOSED, OPEN, HALF_OPEN}
+
+
 # ---- the retry loop -----------------------------------------------------
 
 

@@ -7,49 +7,73 @@ end the stream). There is no separate StreamEnded event.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 Headers = list[tuple[bytes, bytes]]
 NO_NAMES: frozenset[bytes] = frozenset()
 
 
 class Event:
-    """Base of every event."""
+    """Base of every event.
+
+    Each is a dataclass for its equality and repr, with an `__init__` of its own: the one
+    `dataclass` writes is interpreted Python even in the compiled build (mypyc compiles
+    only what is in the class body), and events are made for every frame."""
 
     __slots__ = ()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class RequestReceived(Event):
     """Server side: a peer opened a stream with a valid request header block."""
 
     stream_id: int
     headers: Headers
-    end_stream: bool = False
-    never_indexed: frozenset[bytes] = field(default=NO_NAMES)
-    """Names the peer sent as never-indexed (RFC 7541 7.1.3): forward them the same way."""
+    end_stream: bool
+    # Names the peer sent as never-indexed (RFC 7541 7.1.3): forward them the same way.
+    never_indexed: frozenset[bytes]
+
+    def __init__(self, stream_id: int, headers: Headers, end_stream: bool = False,
+                 never_indexed: frozenset[bytes] = NO_NAMES) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
+        self.end_stream = end_stream
+        self.never_indexed = never_indexed
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class ResponseReceived(Event):
     """Client side: the final (non-1xx) response headers of one of our streams."""
 
     stream_id: int
     headers: Headers
-    end_stream: bool = False
-    never_indexed: frozenset[bytes] = field(default=NO_NAMES)
+    end_stream: bool
+    never_indexed: frozenset[bytes]
+
+    def __init__(self, stream_id: int, headers: Headers, end_stream: bool = False,
+                 never_indexed: frozenset[bytes] = NO_NAMES) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
+        self.end_stream = end_stream
+        self.never_indexed = never_indexed
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class TrailersReceived(Event):
     """A trailing header block; it always ends the peer's side of the stream."""
 
     stream_id: int
     headers: Headers
-    never_indexed: frozenset[bytes] = field(default=NO_NAMES)
+    never_indexed: frozenset[bytes]
+
+    def __init__(self, stream_id: int, headers: Headers,
+                 never_indexed: frozenset[bytes] = NO_NAMES) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
+        self.never_indexed = never_indexed
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class DataReceived(Event):
     """DATA on a stream; acknowledge `flow_controlled_length` once the bytes are consumed.
 
@@ -61,10 +85,17 @@ class DataReceived(Event):
     stream_id: int
     data: bytes | memoryview
     flow_controlled_length: int
-    end_stream: bool = False
+    end_stream: bool
+
+    def __init__(self, stream_id: int, data: bytes | memoryview, flow_controlled_length: int,
+                 end_stream: bool = False) -> None:
+        self.stream_id = stream_id
+        self.data = data
+        self.flow_controlled_length = flow_controlled_length
+        self.end_stream = end_stream
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class StreamReset(Event):
     """A stream ended abruptly: by the peer's RST_STREAM (remote=True), by a stream error we
     answered with RST_STREAM (remote=False, `reason` says why), or, for our own streams above
@@ -73,32 +104,47 @@ class StreamReset(Event):
     stream_id: int
     error_code: int
     remote: bool
-    reason: str = ""
+    reason: str
+
+    def __init__(self, stream_id: int, error_code: int, remote: bool, reason: str = "") -> None:
+        self.stream_id = stream_id
+        self.error_code = error_code
+        self.remote = remote
+        self.reason = reason
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class WindowUpdated(Event):
     """More may be sent: on this stream, or with stream_id 0 on every stream (the connection
     window grew, or a SETTINGS change enlarged every stream window)."""
 
     stream_id: int
 
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class RemoteSettingsChanged(Event):
     """The peer's SETTINGS were applied (and ACKed); `changed` maps setting id to new value."""
 
     changed: dict[int, int]
 
+    def __init__(self, changed: dict[int, int]) -> None:
+        self.changed = changed
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class PingAckReceived(Event):
     """The answer to one of our PINGs."""
 
     data: bytes
 
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class GoAwayReceived(Event):
     """The peer is closing: streams we opened above `last_stream_id` were never processed.
 
@@ -109,11 +155,20 @@ class GoAwayReceived(Event):
     error_code: int
     debug: bytes
 
+    def __init__(self, last_stream_id: int, error_code: int, debug: bytes) -> None:
+        self.last_stream_id = last_stream_id
+        self.error_code = error_code
+        self.debug = debug
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class ConnectionTerminated(Event):
     """We found a connection error: a GOAWAY with `error_code` is queued, input is ignored from
     now on, and every stream of the connection is dead. Flush data_to_send(), then close."""
 
     error_code: int
     reason: str
+
+    def __init__(self, error_code: int, reason: str) -> None:
+        self.error_code = error_code
+        self.reason = reason

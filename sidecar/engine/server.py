@@ -439,7 +439,7 @@ class Unimplemented:
         else:
             message = f"the daemon does not serve {shown(name)}"
         conn.send_trailers(stream_id, error_block(
-            StatusCode.UNIMPLEMENTED.value[0], message, False))
+            StatusCode.UNIMPLEMENTED.number, message, False))
         conn.finish(stream_id, not end_stream)
 
     def caller_data(self, data: memoryview | bytes, length: int, end_stream: bool) -> None:

@@ -4,6 +4,10 @@ pybreaker runs a synchronous function under its lock; here the upstream call
 is awaited outside it, and only its outcome is fed to the state machine
 (`record`), so the lock is never held across an await. Half-open lets exactly
 one trial call through at a time.
+
+Its state is mirrored here, from its listener: every attempt asks it, and pybreaker's
+`current_state` is a chain of Python properties; pybreaker is called only when there is
+something to change (a fault, or the first success after faults).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import contextlib
 from collections.abc import Callable
 
 import pybreaker
+
+from sidecar.resilience.breaker_listener import Transitions
 
 CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
 
@@ -26,14 +32,6 @@ def _fail() -> None:
 
 def _succeed() -> None:
     return None
-
-
-class _Transitions(pybreaker.CircuitBreakerListener):  # type: ignore[misc]
-    def __init__(self, owner: Breaker) -> None:
-        self._owner = owner
-
-    def state_change(self, cb: pybreaker.CircuitBreaker, old: object, new: object) -> None:
-        self._owner._changed(getattr(old, "name", None), new.name)  # type: ignore[attr-defined]
 
 
 class Breaker:
@@ -51,8 +49,10 @@ class Breaker:
         self._on_change = on_change
         self._cb = pybreaker.CircuitBreaker(
             fail_max=failures, reset_timeout=reset, throw_new_error_on_trip=False,
-            listeners=[_Transitions(self)],
+            listeners=[Transitions(self._changed)],
         )
+        self._state: str = CLOSED  # pybreaker's, as its listener last told
+        self._faults = False  # a fault fed since the last success: its count may not be 0
         self._opened_at = 0.0
         self._trial = False
         self.changed_at = clock()
@@ -60,11 +60,11 @@ class Breaker:
 
     @property
     def state(self) -> str:
-        return str(self._cb.current_state)
+        return self._state
 
     def admit(self) -> bool | None:
         """None: refused (open). Otherwise whether this attempt is the half-open trial."""
-        state = self._cb.current_state
+        state = self._state
         if state == CLOSED:
             return False
         if state == OPEN:
@@ -86,10 +86,11 @@ class Breaker:
         the breaker has already left the closed state."""
         if trial:
             self._trial = False
-        elif self._cb.current_state != CLOSED:
+        elif self._state != CLOSED:
             return
-        elif not fault and self._cb.fail_counter == 0:
+        elif not fault and not self._faults:
             return  # the common case: nothing for the state machine to change
+        self._faults = fault
         if fault:
             with contextlib.suppress(_Fault, pybreaker.CircuitBreakerError):
                 self._cb.call(_fail)
@@ -97,6 +98,7 @@ class Breaker:
             self._cb.call(_succeed)
 
     def _changed(self, old: str | None, new: str) -> None:
+        self._state = new
         if new == OPEN:
             self._opened_at = self._clock()
         self.changed_at = self._clock()

@@ -22,15 +22,24 @@ from sidecar.resilience.budget import RetryBudget
 log = logging.getLogger("sidecar.resilience")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Attempt:
-    """What one try came to, as far as policy cares."""
+    """What one try came to, as far as policy cares. (Its `__init__` is written out: the
+    one `dataclass` writes stays interpreted in the compiled build; one is made per try.)"""
 
     ok: bool
-    fault: bool = False  # counts against the breaker
-    retryable: bool = False  # failed before reaching the application, or safe to repeat
-    committed: bool = False  # the caller has seen part of the answer: never retry
-    pushback: float | None = None  # seconds the upstream asked for; < 0: do not retry
+    fault: bool  # counts against the breaker
+    retryable: bool  # failed before reaching the application, or safe to repeat
+    committed: bool  # the caller has seen part of the answer: never retry
+    pushback: float | None  # seconds the upstream asked for; < 0: do not retry
+
+    def __init__(self, ok: bool, fault: bool = False, retryable: bool = False,
+                 committed: bool = False, pushback: float | None = None) -> None:
+        self.ok = ok
+        self.fault = fault
+        self.retryable = retryable
+        self.committed = committed
+        self.pushback = pushback
 
 
 @dataclass(slots=True)

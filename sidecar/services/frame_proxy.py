@@ -176,7 +176,7 @@ class ProxiedCall:
                 "listener": listener, "method": method}})
             self._finished = True
             conn.send_trailers(stream_id, error_block(
-                StatusCode.INTERNAL.value[0], "internal error in the daemon (see its log)",
+                StatusCode.INTERNAL.number, "internal error in the daemon (see its log)",
                 False))
             conn.finish(stream_id, not end_stream)
             return
@@ -314,7 +314,7 @@ class ProxiedCall:
             error = self._error
             if error is None:  # the upstream's own status
                 ctx.end_attempt(None if self._code is _OK else self._code.name,
-                                self._code.value[0])
+                                self._code.number)
             else:
                 ctx.end_attempt(error)
             verdict = classify(self._code, self._error, self._retry_on)
@@ -367,7 +367,7 @@ class ProxiedCall:
             return
         self._scope.failed(error)
         status = error.grpc_status
-        self._send_status(status.value[0], str(error), error.trailers)
+        self._send_status(status.number, str(error), error.trailers)
         self._end(status)
 
     def _internal_error(self) -> None:
@@ -380,7 +380,7 @@ class ProxiedCall:
             "correlation_id": self._ctx.correlation_id}})
         self._stop_attempt()
         status = StatusCode.INTERNAL
-        self._send_status(status.value[0], f"target {target!r}: internal error in the daemon "
+        self._send_status(status.number, f"target {target!r}: internal error in the daemon "
                                            "(see its log)")
         self._end(status)
 
@@ -494,7 +494,7 @@ class ProxiedCall:
             self._end(StatusCode.CANCELLED)
         else:
             status = aborted.grpc_status
-            self._send_status(status.value[0], str(aborted))
+            self._send_status(status.number, str(aborted))
             self._end(status)
 
     def _too_large(self, way: str, bound: MessageBound) -> LimitExceededError:

@@ -390,7 +390,7 @@ class NativeUnary:
                       extra: Headers | None = None) -> None:
         if self._finished:
             return
-        self._conn.send_trailers(self._sid, error_block(code.value[0], message, False, extra))
+        self._conn.send_trailers(self._sid, error_block(code.number, message, False, extra))
         self._end()
 
     def _end(self) -> None:

@@ -120,7 +120,7 @@ class NativeStream:
         if code is StatusCode.OK and self._headers_sent:
             trailers = OK_TRAILERS
         else:
-            trailers = error_block(code.value[0], message, self._headers_sent)
+            trailers = error_block(code.number, message, self._headers_sent)
         self._headers_sent = True
         self._conn.send_trailers(self._sid, trailers)
         conn, sid, request_open = self._conn, self._sid, not self._ended

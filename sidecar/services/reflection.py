@@ -162,7 +162,7 @@ class _ReflectionCall(Session):
 
 
 def _error(response: Any, code: StatusCode, message: str) -> None:
-    response.error_response.error_code = code.value[0]
+    response.error_response.error_code = code.number
     response.error_response.error_message = message
 
 

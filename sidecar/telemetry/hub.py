@@ -77,7 +77,7 @@ class Telemetry:
             if series is None:  # labels bounded per target by Metrics.labels
                 attrs = self.metrics.labels(target, kind, method, attributes)
                 if kind == "grpc":
-                    attrs["rpc.grpc.status_code"] = status.value[0]
+                    attrs["rpc.grpc.status_code"] = status.number
                 elif status is not StatusCode.OK:
                     attrs["error.type"] = status.name
                 series = self._durations[kind].series(attrs)
@@ -88,7 +88,7 @@ class Telemetry:
             else:
                 series.record(duration)
         if ctx.trace is not None:
-            ctx.trace.end(target, status.value[0], status.name, status is not StatusCode.OK,
+            ctx.trace.end(target, status.number, status.name, status is not StatusCode.OK,
                           ctx.flags)
         if self.access.enabled:
             policy = None if target is None else self._policies().get(target)

@@ -162,7 +162,7 @@ class AccessLog:
         service, name = rpc_names(method)
         fields: dict[str, Any] = {
             "sidecar.listener": listener, "rpc.system": "grpc", "rpc.service": service,
-            "rpc.method": name, "rpc.grpc.status_code": status.value[0],
+            "rpc.method": name, "rpc.grpc.status_code": status.number,
             "sidecar.status": status.name, "sidecar.duration_ms": round(duration * 1000, 3),
         }
         if policy is not None:

@@ -64,14 +64,21 @@ _CONNECT_PROBE = HttpHealth()  # the schedule of a target without a health secti
 _REPLY_MARGIN = 0.2
 
 
-@dataclass(slots=True)
+# Their `__init__`s are written out: the one `dataclass` writes stays interpreted in the
+# compiled build, and both are made per call.
+@dataclass(slots=True, init=False)
 class HttpResult:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
 
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class HttpCall:
     """A validated request, ready for one or more attempts."""
 
@@ -81,6 +88,15 @@ class HttpCall:
     body: bytes
     idempotent: bool
     trace_at: int  # where `traceparent` is in headers: each attempt sends its own
+
+    def __init__(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes,
+                 idempotent: bool, trace_at: int) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.idempotent = idempotent
+        self.trace_at = trace_at
 
 
 class HttpUpstream:

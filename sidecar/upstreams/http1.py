@@ -51,11 +51,17 @@ class BodyTooLarge(Exception):
     """The response's body is over the request's limit (nothing of it is kept)."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Response:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+
+    # Written out: the `__init__` dataclass writes stays interpreted in the compiled build.
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
 
 
 @dataclass(frozen=True, slots=True)
