@@ -293,6 +293,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=500, help="messages per PublishBatch")
     parser.add_argument("--batch-concurrency", type=int, default=4, help="PublishBatch callers")
     parser.add_argument("--payload", type=int, default=256, help="message value bytes")
+    parser.add_argument("--partitions", type=int, default=3, help="of each window's topic")
     parser.add_argument("--json", type=Path, help="also write every sample here")
     args = parser.parse_args()
     paths = ["direct", *(p for p in args.paths.split(",") if p in PATHS and p != "direct")]
@@ -326,7 +327,8 @@ def main() -> int:
             for round_ in range(1, args.rounds + 1):
                 for path in paths:
                     topic = f"bench-{path}-{round_}"
-                    for future in admin.create_topics([NewTopic(topic, 3, 1)]).values():
+                    made = admin.create_topics([NewTopic(topic, args.partitions, 1)])
+                    for future in made.values():
                         future.result(10)
                     sample = measure(path, args, socket_path, kafka, topic, pids, bootstrap,
                                      headers)

@@ -29,7 +29,7 @@ if [ "$#" -eq 0 ]; then
     tests/test_kafka_wakeup.py tests/test_kafka_poller.py tests/test_http.py \
     tests/test_http1_client.py tests/test_http_correctness.py tests/test_access_line.py \
     tests/test_call_scope.py tests/test_lifecycle.py tests/test_logging.py \
-    tests/test_resilience_units.py
+    tests/test_resilience_units.py tests/test_metrics_semconv.py
 fi
 cd "$work"
 SIDECAR_EXPECT_COMPILED=1 "$root/.venv/bin/pytest" -q -p no:cacheprovider "$@"

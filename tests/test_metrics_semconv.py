@@ -170,9 +170,15 @@ def test_http_and_kafka_durations_carry_their_conventions_labels_from_a_real_dae
     with d.channel() as ch:
         sidecar_pb2_grpc.HttpProxyStub(ch).Call(sidecar_pb2.HttpRequest(
             target="web", method="GET", path="/status/404"), timeout=5)
-        sidecar_pb2_grpc.PublisherStub(ch).Publish(sidecar_pb2.PublishRequest(
-            target="events", topic=topic, key=b"k", value=b"v"), timeout=10)
+        publisher = sidecar_pb2_grpc.PublisherStub(ch)
+        for value in (b"v", b"vvv"):  # the second adds to counters the first looked up
+            publisher.Publish(sidecar_pb2.PublishRequest(
+                target="events", topic=topic, key=b"k", value=value), timeout=10)
     samples = _samples(_get(port)[1])
+    sent = {s.name: s.value for s in samples if s.name.startswith(
+        ("messaging_client_sent_messages", "sidecar_kafka_sent_bytes"))
+        and s.labels.get("messaging_destination_name") == topic}
+    assert sorted(sent.values()) == [2.0, 4.0], sent  # two messages, of 1 and 3 bytes
     (http,) = [s.labels for s in samples if s.name == "http_client_request_duration_seconds_count"]
     assert http["http_request_method"] == "GET"
     assert http["http_response_status_code"] == "404"

@@ -43,6 +43,7 @@ class Telemetry:
         self.metrics_on = config.telemetry.metrics.enabled
         # Histogram series by target, kind, status and extra attributes, looked up once.
         self._series: dict[tuple[Any, ...], Series] = {}
+        self._sent: dict[tuple[str, str], list[int]] = {}  # (target, topic) -> its counters
         self._durations = {
             "grpc": self.metrics.rpc_duration,
             "http": self.metrics.http_duration,
@@ -97,7 +98,13 @@ class Telemetry:
     def messages_sent(self, target: str, topic: str, count: int, size: int) -> None:
         if not self.metrics_on:
             return
-        self.metrics.count_sent(target, topic, count, size)
+        entry = self._sent.get((target, topic))
+        if entry is None:  # the topic's counters, looked up by Metrics (Python code) once
+            entry = self.metrics.sent_counts(target, topic)
+            if len(self._sent) < _MAX_CACHED_ATTRS:
+                self._sent[target, topic] = entry
+        entry[0] += count
+        entry[1] += size
 
     def shutdown(self) -> None:
         if self.tracer is not None:

@@ -223,6 +223,13 @@ class Metrics:
 
     def count_sent(self, target: str, topic: str, count: int, size: int) -> None:
         """`count` messages of `size` bytes in all acknowledged on `topic` of `target`."""
+        entry = self.sent_counts(target, topic)
+        entry[0] += count
+        entry[1] += size
+
+    def sent_counts(self, target: str, topic: str) -> list[int]:
+        """The [messages, bytes] counters `topic` of `target` adds to (those of its label):
+        the same list for the process's life, so the hub keeps it at hand."""
         topic = self.topic_label(target, topic)
         entry = self.sent.get((target, topic))
         if entry is None:
@@ -231,8 +238,7 @@ class Metrics:
                 entry = self.sent.setdefault((target, topic), [0, 0])
             else:
                 entry = self.sent[target, topic] = [0, 0]
-        entry[0] += count
-        entry[1] += size
+        return entry
 
     def _sent(self, which: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:

@@ -4,15 +4,23 @@ uses these, so confluent-kafka is loaded with the first kafka target, not by eve
 from __future__ import annotations
 
 from array import array
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from sidecar.errors import SidecarError, UpstreamError
 from sidecar.resilience.policy import Attempt
 
 
-class Delivered(NamedTuple):
+@dataclass(slots=True, init=False)
+class Delivered:
+    """A message's place in its topic. (Not a NamedTuple, and its `__init__` written out:
+    compiled, both of those are Python code; one is made per Publish.)"""
+
     partition: int
     offset: int
+
+    def __init__(self, partition: int, offset: int) -> None:
+        self.partition = partition
+        self.offset = offset
 
 
 class OutgoingMessage:
