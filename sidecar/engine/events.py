@@ -24,8 +24,8 @@ class Event:
 
 
 @dataclass(slots=True, init=False)
-class RequestReceived(Event):
-    """Server side: a peer opened a stream with a valid request header block."""
+class HeadersReceived(Event):
+    """What a stream's first header block says (RequestReceived, ResponseReceived)."""
 
     stream_id: int
     headers: Headers
@@ -42,20 +42,13 @@ class RequestReceived(Event):
 
 
 @dataclass(slots=True, init=False)
-class ResponseReceived(Event):
+class RequestReceived(HeadersReceived):
+    """Server side: a peer opened a stream with a valid request header block."""
+
+
+@dataclass(slots=True, init=False)
+class ResponseReceived(HeadersReceived):
     """Client side: the final (non-1xx) response headers of one of our streams."""
-
-    stream_id: int
-    headers: Headers
-    end_stream: bool
-    never_indexed: frozenset[bytes]
-
-    def __init__(self, stream_id: int, headers: Headers, end_stream: bool = False,
-                 never_indexed: frozenset[bytes] = NO_NAMES) -> None:
-        self.stream_id = stream_id
-        self.headers = headers
-        self.end_stream = end_stream
-        self.never_indexed = never_indexed
 
 
 @dataclass(slots=True, init=False)
