@@ -12,7 +12,7 @@ import pytest
 
 from sidecar.errors import ConfigError
 from sidecar.upstreams.kafka_ledger import DELIVERED, FAILED, SPOOLED, UNKNOWN, SpoolLedger
-from sidecar.upstreams.kafka_messages import Outcomes, OutgoingMessage, classify
+from sidecar.upstreams.kafka_messages import Delivered, Outcomes, OutgoingMessage, classify
 from sidecar.upstreams.kafka_spool import message_size
 from sidecar.upstreams.kafka_store import DB_NAME, SpoolStore, decode_headers, encode_headers
 
@@ -125,7 +125,7 @@ def test_spooled_messages_answer_ok_and_count_as_a_fault_only_for_want_of_an_ack
     outcomes = Outcomes(2)
     outcomes.deliver(0, 1, 5, 3)
     outcomes.spool(1)
-    assert outcomes[1] == (-1, -1) and outcomes.spooled == {1}
+    assert outcomes[1] == Delivered(-1, -1) and outcomes.spooled == {1}
     verdict = classify(outcomes)
     assert verdict.ok and not verdict.fault
     outcomes.unacked = True
